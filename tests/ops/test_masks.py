@@ -1,0 +1,90 @@
+"""document_bias and mask_to_log_mask: gathering, capping, padding, and the filtering oracle."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from gumbel_jax import ops
+
+
+def _reference_bias(doc_log_mask, key_doc_ids, key_valid):
+    """Per-key loop over the definition."""
+    neg = ops.mask_value(jnp.float32)
+    out = np.full(key_doc_ids.shape, neg, np.float32)
+    for b in range(key_doc_ids.shape[0]):
+        for t in range(key_doc_ids.shape[1]):
+            doc = key_doc_ids[b, t]
+            if key_valid[b, t] and 0 <= doc < doc_log_mask.shape[1]:
+                out[b, t] = min(doc_log_mask[b, doc], 0.0)
+    return out
+
+
+def test_document_bias_matches_a_loop_over_keys(strict_numerics):
+    rng = np.random.default_rng(0)
+    doc_log_mask = rng.normal(size=(3, 4)).astype(np.float32)  # includes values > 0: capped
+    key_doc_ids = rng.integers(-1, 5, size=(3, 11)).astype(np.int32)  # -1 and 4 out of range
+    key_valid = rng.random((3, 11)) > 0.2
+    bias = jax.jit(ops.document_bias)(doc_log_mask, key_doc_ids, key_valid)
+    assert bias.shape == (3, 1, 1, 11) and bias.dtype == jnp.float32
+    np.testing.assert_array_equal(bias[:, 0, 0], _reference_bias(doc_log_mask, key_doc_ids,
+                                                                 key_valid))
+
+
+def test_document_bias_shared_key_layout_and_dtype():
+    doc_log_mask = jnp.zeros((2, 3), jnp.bfloat16).at[1, 2].set(-2.0)
+    key_doc_ids = jnp.repeat(jnp.arange(3), 2)  # FiD layout: documents concatenated
+    bias = ops.document_bias(doc_log_mask, key_doc_ids)
+    assert bias.shape == (2, 1, 1, 6) and bias.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(bias[1, 0, 0], np.float32), [0, 0, 0, 0, -2, -2])
+
+
+def test_document_bias_shape_errors():
+    with pytest.raises(ValueError, match="key_doc_ids must be"):
+        ops.document_bias(jnp.zeros((2, 3)), jnp.zeros((3, 5), jnp.int32))
+    with pytest.raises(ValueError, match="integer"):
+        ops.document_bias(jnp.zeros((2, 3)), jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match="key_valid"):
+        ops.document_bias(jnp.zeros((2, 3)), jnp.zeros((2, 5), jnp.int32), jnp.ones((2, 4), bool))
+
+
+def _attention(query, key, value, bias=None):
+    return jax.nn.dot_product_attention(query, key, value, bias=bias)
+
+
+def test_hard_mask_bias_equals_attending_to_the_selected_documents_only():
+    """The oracle of differentiable masked attention (reliability R8) at the attention level."""
+    rng = jax.random.split(jax.random.key(0), 4)
+    docs, tokens, heads, dim = 5, 3, 2, 8
+    keys = jax.random.normal(rng[0], (1, docs * tokens, heads, dim))
+    values = jax.random.normal(rng[1], (1, docs * tokens, heads, dim))
+    queries = jax.random.normal(rng[2], (1, 4, heads, dim))
+    hard = jnp.array([[1.0, 0.0, 1.0, 0.0, 1.0]])
+    key_doc_ids = jnp.repeat(jnp.arange(docs), tokens)
+    bias = ops.document_bias(ops.mask_to_log_mask(hard), key_doc_ids)
+    masked = _attention(queries, keys, values, bias)
+    selected = np.flatnonzero(np.repeat(np.asarray(hard[0]), tokens))
+    filtered = _attention(queries, keys[:, selected], values[:, selected])
+    np.testing.assert_allclose(masked, filtered, rtol=1e-5, atol=1e-6)
+    # A masked document's keys and values can be anything: the output does not move.
+    dropped = np.setdiff1d(np.arange(docs * tokens), selected)
+    noisy_keys = keys.at[:, dropped].set(jax.random.normal(rng[3], (1, len(dropped), heads, dim)))
+    np.testing.assert_array_equal(_attention(queries, noisy_keys, values * 1.0, bias), masked)
+    # A zero log mask is the unmasked attention.
+    zero_bias = ops.document_bias(jnp.zeros((1, docs)), key_doc_ids)
+    np.testing.assert_allclose(_attention(queries, keys, values, zero_bias),
+                               _attention(queries, keys, values), rtol=1e-6)
+
+
+def test_mask_to_log_mask_and_bias_gradients_float64(float64):
+    mask = jnp.array([[0.3, 0.0, 1.0, 0.7]], jnp.float64)
+    log_mask = ops.mask_to_log_mask(mask)
+    assert log_mask[0, 1] == ops.mask_value(jnp.float64)
+    grads = jax.grad(lambda m: ops.mask_to_log_mask(m)[0, 0] + ops.mask_to_log_mask(m)[0, 1])(mask)
+    np.testing.assert_allclose(grads, [[1 / 0.3, 0.0, 0.0, 0.0]])
+    positive = jnp.array([[0.3, 0.5, 0.9]], jnp.float64)
+    check_grads(ops.mask_to_log_mask, (positive,), order=1, modes=("fwd", "rev"))
+    ids = jnp.array([0, 1, 1, 2, 2, 2])
+    check_grads(lambda m: ops.document_bias(m, ids), (jnp.log(positive),), order=1,
+                modes=("fwd", "rev"))

@@ -1,0 +1,171 @@
+"""Relaxed top-k (L2X), its log twin, the subset relaxation and the hard top-k mask."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from gumbel_jax import ops
+
+SCORES = jnp.array([[1.5, -0.3, 0.8, 0.0, 2.2, -1.0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+WHERE = jnp.array([[True, True, True, True, True, False], [True, False, True, True, False, True]])
+
+
+def test_relaxed_topk_shape_range_and_invalid_zero(strict_numerics):
+    mask = jax.jit(ops.relaxed_topk, static_argnums=2)(jax.random.key(0), SCORES, 3,
+                                                       where=WHERE)
+    assert mask.shape == SCORES.shape and mask.dtype == SCORES.dtype
+    valid = np.asarray(WHERE)
+    values = np.asarray(mask)
+    assert np.all(values[valid] > 0) and np.all(values[valid] <= 1)
+    assert np.all(values[~valid] == 0)
+
+
+def test_relaxed_topk_matches_its_log_space_twin():
+    key = jax.random.key(1)
+    mask = ops.relaxed_topk(key, SCORES, 2, tau=0.3, kappa=2.0, where=WHERE)
+    log_mask = ops.log_relaxed_topk(key, SCORES, 2, tau=0.3, kappa=2.0, where=WHERE)
+    valid = np.asarray(WHERE)
+    np.testing.assert_allclose(np.exp(np.asarray(log_mask))[valid], np.asarray(mask)[valid],
+                               rtol=1e-6)
+    assert np.all(np.asarray(log_mask)[~valid] == ops.mask_value(jnp.float32))
+    assert np.all(np.asarray(log_mask) <= 0)
+
+
+def test_relaxed_topk_is_permutation_equivariant_with_the_same_noise():
+    noise = ops.sample_gumbel(jax.random.key(2), (3, *SCORES.shape))
+    permutation = jnp.array([4, 0, 5, 2, 1, 3])
+    compute = lambda s, g, w: ops.log_relaxed_topk_from_noise(s, g, tau=0.5, kappa=1.0, valid=w)
+    original = compute(SCORES, noise, WHERE)
+    permuted = compute(SCORES[:, permutation], noise[..., permutation], WHERE[:, permutation])
+    np.testing.assert_allclose(permuted, original[:, permutation], rtol=1e-6)
+
+
+def test_relaxed_topk_small_tau_is_the_union_of_hard_draws():
+    """As tau -> 0 each draw is the one-hot of argmax(kappa*w + G_j): the mask is their union."""
+    key = jax.random.key(3)
+    scores = jax.random.normal(jax.random.key(4), (200, 8))
+    noise = ops.sample_gumbel(key, (3, *scores.shape))  # the noise relaxed_topk documents
+    perturbed = 2.0 * scores[None] + noise
+    union = jax.nn.one_hot(jnp.argmax(perturbed, axis=-1), 8).max(axis=0)
+    mask = ops.relaxed_topk(key, scores, 3, tau=1e-3, kappa=2.0)
+    # A draw whose two best candidates are within 20 tau of each other is not yet hard.
+    top_two = jax.lax.top_k(perturbed, 2)[0]
+    clear = np.asarray((top_two[..., 0] - top_two[..., 1] > 0.02).all(axis=0))
+    assert clear.mean() > 0.9
+    np.testing.assert_allclose(np.asarray(mask)[clear], np.asarray(union)[clear], atol=1e-3)
+
+
+@pytest.mark.statistical
+def test_relaxed_topk_mean_is_the_law_of_k_draws_with_replacement():
+    """E[mask_i] -> 1 - (1 - p_i)^k with p = softmax(kappa * w) as tau -> 0.
+
+    20k draws; each coordinate within 5 standard errors (+ 2e-3 for the tau=1e-3 relaxation).
+    False-failure rate < 1e-5 for a random seed (fixed seed here).
+    """
+    scores = jnp.array([1.0, 0.0, -0.5, 0.7, -2.0])
+    kappa, k, num_draws = 1.5, 2, 20_000
+    masks = ops.relaxed_topk(jax.random.key(5), jnp.broadcast_to(scores, (num_draws, 5)), k,
+                             tau=1e-3, kappa=kappa)
+    p = np.asarray(jax.nn.softmax(kappa * scores), np.float64)
+    expected = 1 - (1 - p) ** k
+    standard_error = np.sqrt(expected * (1 - expected) / num_draws)
+    assert np.all(np.abs(np.asarray(masks.mean(0)) - expected) < 5 * standard_error + 2e-3)
+
+
+def test_subset_topk_sums_to_k_and_is_nonnegative():
+    mask = ops.subset_topk(jax.random.key(6), SCORES, 3, tau=0.7, where=WHERE)
+    np.testing.assert_allclose(mask.sum(-1), [3.0, 3.0], rtol=1e-5)
+    assert np.all(np.asarray(mask) >= 0)
+    assert np.all(np.asarray(mask)[~np.asarray(WHERE)] == 0)
+
+
+def test_subset_topk_can_exceed_one_and_the_bias_caps_it():
+    """At moderate tau two steps can share a candidate: entries above 1 occur (documented)."""
+    scores = jnp.broadcast_to(jnp.array([3.0, 0.0, 0.0, 0.0]), (500, 4))
+    mask = ops.subset_topk(jax.random.key(7), scores, 2, tau=2.0)
+    assert float(mask.max()) > 1.0
+    bias = ops.document_bias(ops.mask_to_log_mask(mask), jnp.arange(4))
+    assert float(bias.max()) == 0.0
+
+
+def test_subset_topk_small_tau_is_the_hard_topk_of_the_same_perturbed_scores():
+    key = jax.random.key(8)
+    scores = jax.random.normal(jax.random.key(9), (100, 7))
+    noise = ops.sample_gumbel(key, scores.shape)  # the noise subset_topk documents
+    perturbed = 0.5 * scores + noise
+    expected = ops.topk_mask(perturbed, 3)
+    mask = ops.subset_topk(key, scores, 3, tau=1e-3, kappa=0.5)
+    # Rows with two of their 4 best perturbed scores within 20 tau are not yet hard.
+    ordered = np.asarray(jax.lax.top_k(perturbed, 4)[0])
+    clear = (-np.diff(ordered, axis=-1) > 0.02).all(axis=-1)
+    assert clear.mean() > 0.9
+    np.testing.assert_allclose(np.asarray(mask)[clear], np.asarray(expected)[clear], atol=1e-3)
+
+
+def test_topk_mask_ties_by_position_and_at_most_the_valid_count():
+    scores = jnp.array([[0.5, 0.9, 0.9, 0.9, 0.1]])
+    np.testing.assert_array_equal(ops.topk_mask(scores, 2), [[0, 1, 1, 0, 0]])
+    where = jnp.array([[True, False, False, True, False]])
+    np.testing.assert_array_equal(ops.topk_mask(scores, 3, where=where), [[1, 0, 0, 1, 0]])
+    np.testing.assert_array_equal(ops.topk_mask(scores, 9), [[1, 1, 1, 1, 1]])
+    assert np.all(np.asarray(jax.grad(lambda s: ops.topk_mask(s, 2).sum())(scores)) == 0)
+
+
+@pytest.mark.parametrize("op", ["relaxed_topk", "log_relaxed_topk", "subset_topk"])
+def test_gradients_match_finite_differences_float64(op, float64):
+    key = jax.random.key(10)
+    scores = jnp.asarray(SCORES, jnp.float64)
+    fn = getattr(ops, op)
+    check_grads(lambda s: fn(key, s, 2, tau=0.8, kappa=1.3, where=WHERE), (scores,), order=1,
+                modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["relaxed_topk", "log_relaxed_topk", "subset_topk"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_extreme_inputs_stay_finite(op, dtype):
+    """Scores of +-1e4, tau = 1e-3, a fully padded row and bfloat16 (reliability R7)."""
+    scores = jnp.array([[1e4, -1e4, 0.0, 5.0], [1e4, 1e4, -1e4, 0.0], [1.0, 2.0, 3.0, 4.0]],
+                       dtype)
+    where = jnp.array([[True, True, True, False], [True, True, True, True], [False] * 4])
+    fn = getattr(ops, op)
+    key = jax.random.key(11)
+    values = fn(key, scores, 2, tau=1e-3, where=where)
+    assert values.dtype == dtype and np.isfinite(np.asarray(values, np.float32)).all()
+    weights = jnp.arange(12.0).reshape(3, 4)
+
+    def loss(s):
+        out = fn(key, s, 2, tau=1e-3, where=where).astype(jnp.float32)
+        out = jnp.where(where, out, 0.0)  # the log twin's padding value is not a loss term
+        return (out * weights).sum()
+
+    grads = np.asarray(jax.grad(loss)(scores), np.float32)
+    assert np.isfinite(grads).all()
+    assert np.all(grads[~np.asarray(where)] == 0)
+
+
+@pytest.mark.parametrize("op", ["relaxed_topk", "log_relaxed_topk", "subset_topk"])
+def test_vmap_over_keys_and_rows_equals_per_row_calls(op):
+    fn = getattr(ops, op)
+    keys = jax.random.split(jax.random.key(12), 2)
+    batched = jax.vmap(lambda k, s, w: fn(k, s, 2, where=w))(keys, SCORES, WHERE)
+    for row in range(2):
+        np.testing.assert_allclose(batched[row], fn(keys[row], SCORES[row], 2, where=WHERE[row]),
+                                   rtol=1e-6)
+
+
+def test_argument_errors_are_clear():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="k must be a Python int"):
+        ops.relaxed_topk(key, SCORES, 2.0)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        ops.log_relaxed_topk(key, SCORES, 0)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        ops.subset_topk(key, SCORES, 2, tau=0.0)
+    with pytest.raises(ValueError, match=r"where must have the shape of scores: expected \(2, 6\)"):
+        ops.relaxed_topk(key, SCORES, 2, where=WHERE[:, :3])
+    with pytest.raises(ValueError, match="at least one axis"):
+        ops.topk_mask(jnp.float32(1.0), 1)
+    with pytest.raises(ValueError, match="floating point"):
+        ops.topk_mask(jnp.arange(3), 1)
