@@ -1,0 +1,120 @@
+"""Attention kernels: plain dot-product attention and the reader's document-masked attention.
+
+Document-masked attention (DMA) multiplies the attention to every token of document ``i`` by
+``M_i`` and renormalises. Two equal implementations sit behind one switch:
+
+* ``bias``: add ``log M_i`` to the logits of document ``i``'s keys (``ops.document_bias``) and
+  run ``jax.nn.dot_product_attention`` (xla or cudnn);
+* ``blockwise``: attend within each document, keep each document's log-sum-exp, and combine
+  documents with ``softmax_i(lse_i + log M_i)``. It never asks a kernel for a bias gradient,
+  and its combination weights are the attention mass per document (the ADist signal).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from gumbel_jax import ops
+
+DmaMethod = Literal["bias", "blockwise"]
+Implementation = Literal["xla", "cudnn"] | None
+
+
+def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
+                  implementation: Implementation = None):
+    """Multi-head attention with an additive bias and a float32 softmax.
+
+    Args:
+      query: ``[batch, queries, heads, dim]``.
+      key, value: ``[batch, keys, heads, dim]``.
+      bias: optional additive bias broadcastable to ``[batch, heads, queries, keys]``.
+      scale: logit scale (T5 uses 1, BERT ``dim ** -0.5``).
+      implementation: None for our einsum path (float32 logits); ``"xla"`` or ``"cudnn"`` for
+        ``jax.nn.dot_product_attention``.
+
+    Returns:
+      ``[batch, queries, heads, dim]`` in the dtype of ``query``.
+    """
+    if implementation is not None:
+        if bias is not None and implementation == "cudnn":
+            # cuDNN wants a materialised [batch, 1, queries, keys] bias in the query dtype;
+            # clip first so float16 cannot turn the mask value into -inf.
+            shape = (query.shape[0], bias.shape[1], query.shape[1], key.shape[1])
+            bias = jnp.maximum(bias, ops.mask_value(query.dtype)).astype(query.dtype)
+            bias = jnp.broadcast_to(bias, shape)
+        return jax.nn.dot_product_attention(query, key, value, bias=bias, scale=scale,
+                                            implementation=implementation)
+    accumulate = jnp.promote_types(query.dtype, jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=accumulate)
+    logits = logits * scale
+    if bias is not None:
+        logits = logits + bias.astype(accumulate)
+    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+def padding_bias(key_valid, dtype=jnp.float32):
+    """``[batch, keys]`` boolean -> ``[batch, 1, 1, keys]`` additive bias (0 or mask_value)."""
+    return jnp.where(key_valid, 0.0, ops.mask_value(dtype)).astype(dtype)[:, None, None, :]
+
+
+def document_masked_attention(query, key, value, doc_log_mask, key_valid, *,
+                              method: DmaMethod = "bias", implementation: Implementation = None,
+                              scale: float = 1.0, return_doc_weights: bool = False):
+    """Attention over ``docs`` equal-length documents laid end to end, gated per document.
+
+    Args:
+      query: ``[batch, queries, heads, dim]``.
+      key, value: ``[batch, docs * doc_len, heads, dim]`` (FiD's concatenated encoder output).
+      doc_log_mask: ``[batch, docs]`` log mask (0 = full attention), or None for no gating.
+      key_valid: ``[batch, docs * doc_len]`` boolean, False on padding tokens.
+      method: ``"bias"`` or ``"blockwise"`` (see the module docstring).
+      implementation: kernel for the ``bias`` method (None, ``"xla"``, ``"cudnn"``).
+      scale: logit scale.
+      return_doc_weights: also return the attention mass per document
+        ``[batch, heads, queries, docs]`` (forces the blockwise computation).
+
+    Returns:
+      ``[batch, queries, heads, dim]``, and the document weights if asked.
+    """
+    batch, num_keys = key_valid.shape
+    num_docs = 1 if doc_log_mask is None else doc_log_mask.shape[-1]
+    if doc_log_mask is None:
+        doc_log_mask = jnp.zeros((batch, 1), query.dtype)
+    if num_keys % num_docs:
+        raise ValueError(f"keys ({num_keys}) must be docs ({num_docs}) x doc_len")
+    if method == "blockwise" or return_doc_weights:
+        out, weights = _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale)
+        return (out, weights) if return_doc_weights else out
+    if method != "bias":
+        raise ValueError(f"method must be 'bias' or 'blockwise', got {method!r}")
+    key_doc_ids = jnp.arange(num_keys, dtype=jnp.int32) // (num_keys // num_docs)
+    accumulate = jnp.promote_types(query.dtype, jnp.float32)
+    bias = ops.document_bias(doc_log_mask.astype(accumulate), key_doc_ids, key_valid)
+    return dot_attention(query, key, value, bias, scale=scale, implementation=implementation)
+
+
+def _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale):
+    """Per-document softmax, then documents weighted by softmax(lse + log M)."""
+    batch, num_keys, heads, dim = key.shape
+    num_docs = doc_log_mask.shape[-1]
+    doc_len = num_keys // num_docs
+    key = key.reshape(batch, num_docs, doc_len, heads, dim)
+    value = value.reshape(batch, num_docs, doc_len, heads, dim)
+    accumulate = jnp.promote_types(query.dtype, jnp.float32)
+    neg = ops.mask_value(accumulate)
+    logits = jnp.einsum("bqhd,bnlhd->bhqnl", query, key, preferred_element_type=accumulate)
+    valid = key_valid.reshape(batch, 1, 1, num_docs, doc_len)
+    logits = jnp.where(valid, logits * scale, neg)
+    doc_lse = jax.nn.logsumexp(logits, axis=-1)  # [b, h, q, n]
+    within = jnp.exp(logits - doc_lse[..., None]).astype(value.dtype)
+    doc_out = jnp.einsum("bhqnl,bnlhd->bhqnd", within, value)
+    log_mask = jnp.clip(doc_log_mask.astype(accumulate), neg, 0.0)[:, None, None, :]
+    # A fully padded document has lse = neg + log(doc_len): it weighs nothing next to any
+    # real document, exactly as its keys would in one softmax over all keys.
+    doc_weights = jax.nn.softmax(jnp.maximum(doc_lse + log_mask, neg), axis=-1)
+    out = jnp.einsum("bhqn,bhqnd->bqhd", doc_weights.astype(value.dtype), doc_out)
+    return out, doc_weights

@@ -1,0 +1,68 @@
+"""Small building blocks shared by the T5 and BERT families."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def upcast(x):
+    """``x`` in float32, or float64 if it already is (float64 gradient checks stay exact)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+class RMSNorm(nnx.Module):
+    """T5's layer norm: scale only, no mean subtraction, statistics in float32."""
+
+    def __init__(self, features: int, *, eps: float = 1e-6, dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x):
+        x32 = upcast(x)
+        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        return (self.scale[...] * (x32 * jax.lax.rsqrt(variance + self.eps))).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """BERT's layer norm with statistics in float32."""
+
+    def __init__(self, features: int, *, eps: float = 1e-12, dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x):
+        x32 = upcast(x)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        normed = (x32 - mean) * jax.lax.rsqrt(variance + self.eps)
+        return (normed * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+def dense(in_features: int, out_features: int, rngs: nnx.Rngs, *, use_bias: bool = False,
+          dtype=jnp.float32, std: float | None = None) -> nnx.Linear:
+    """A Linear layer computing in ``dtype`` with float32 parameters."""
+    init = jax.nn.initializers.normal(std if std is not None else in_features**-0.5)
+    return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
+                      param_dtype=jnp.float32, kernel_init=init, rngs=rngs)
+
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str):
+    """Activation by its Hugging Face name; a clear error for unknown names."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]

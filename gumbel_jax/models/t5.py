@@ -1,0 +1,287 @@
+"""T5 encoder-decoder in Flax NNX: original T5 (ReLU, tied head) and T5 v1.1 / Flan-T5 (gated
+GELU, untied head). Parameter names follow Hugging Face's so checkpoints map one to one."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gumbel_jax.models.attention import (
+    DmaMethod,
+    Implementation,
+    document_masked_attention,
+    dot_attention,
+    padding_bias,
+)
+from gumbel_jax.models.layers import RMSNorm, activation, dense, upcast
+from gumbel_jax.ops import mask_value
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """The architecture of a T5 checkpoint, plus how we compute with it."""
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int = 6
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"  # "relu" (T5) or "gated-gelu" (T5 v1.1, Flan-T5)
+    tie_word_embeddings: bool = True  # tied head, decoder output scaled by d_model ** -0.5
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    dtype: Any = jnp.float32  # compute dtype; parameters, norms and softmax stay float32
+    remat: bool = False  # rematerialise each layer in the backward pass
+
+    @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def activation_name(self) -> str:
+        name = self.feed_forward_proj.split("-")[-1]
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else name
+
+    @classmethod
+    def from_hf(cls, hf_config, **overrides) -> T5Config:
+        """From a transformers ``T5Config`` or the dict of a ``config.json``.
+
+        transformers 5 always reports ``tie_word_embeddings=True`` for T5 and keeps the real
+        flag as ``scale_decoder_outputs``; a raw config.json has the real flag.
+        """
+        raw = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+        tied = raw.get("scale_decoder_outputs", raw.get("tie_word_embeddings", True))
+        fields = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings"}
+        values = {k: raw[k] for k in fields if k in raw and raw[k] is not None}
+        if values.get("decoder_start_token_id") is None:
+            values["decoder_start_token_id"] = raw.get("pad_token_id", 0)
+        values["tie_word_embeddings"] = bool(tied)
+        return cls(**{**values, **overrides})
+
+
+def relative_position_buckets(query_len: int, key_len: int, *, bidirectional: bool,
+                              num_buckets: int, max_distance: int) -> np.ndarray:
+    """T5's bucketed relative positions ``[query_len, key_len]`` (a static numpy constant).
+
+    Half the buckets hold exact small distances, the rest grow logarithmically up to
+    ``max_distance``; bidirectional attention splits the buckets by the sign of the offset.
+    """
+    offset = np.arange(key_len)[None, :] - np.arange(query_len)[:, None]
+    buckets = np.zeros_like(offset)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (offset > 0) * num_buckets
+        distance = np.abs(offset)
+    else:
+        distance = -np.minimum(offset, 0)
+    max_exact = num_buckets // 2
+    scaled = np.log(np.maximum(distance, 1) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (scaled * (num_buckets - max_exact)).astype(np.int64)
+    large = np.minimum(large, num_buckets - 1)
+    return buckets + np.where(distance < max_exact, distance, large)
+
+
+class T5Attention(nnx.Module):
+    """Multi-head attention without biases or logit scaling (T5's convention)."""
+
+    def __init__(self, config: T5Config, rngs: nnx.Rngs):
+        inner = config.num_heads * config.d_kv
+        self.heads, self.head_dim = config.num_heads, config.d_kv
+        self.q = dense(config.d_model, inner, rngs, dtype=config.dtype,
+                       std=(config.d_model * config.d_kv) ** -0.5)
+        self.k = dense(config.d_model, inner, rngs, dtype=config.dtype)
+        self.v = dense(config.d_model, inner, rngs, dtype=config.dtype)
+        self.o = dense(inner, config.d_model, rngs, dtype=config.dtype)
+
+    def _split(self, x):
+        return x.reshape(*x.shape[:-1], self.heads, self.head_dim)
+
+    def _merge(self, x):
+        return self.o(x.reshape(*x.shape[:-2], self.heads * self.head_dim))
+
+    def __call__(self, x, bias):
+        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        return self._merge(dot_attention(q, k, v, bias, scale=1.0))
+
+    def cross(self, x, memory, doc_log_mask, memory_valid, *, method, implementation,
+              return_doc_weights=False):
+        """Cross-attention to the encoder output with the per-document log mask."""
+        q, k, v = self._split(self.q(x)), self._split(self.k(memory)), self._split(self.v(memory))
+        out = document_masked_attention(q, k, v, doc_log_mask, memory_valid, method=method,
+                                        implementation=implementation, scale=1.0,
+                                        return_doc_weights=return_doc_weights)
+        if return_doc_weights:
+            return self._merge(out[0]), out[1]
+        return self._merge(out), None
+
+
+class T5FeedForward(nnx.Module):
+    def __init__(self, config: T5Config, rngs: nnx.Rngs):
+        self.gated = config.is_gated
+        self.act = activation(config.activation_name)
+        if self.gated:
+            self.wi_0 = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype)
+            self.wi_1 = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype)
+        else:
+            self.wi = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype)
+        self.wo = dense(config.d_ff, config.d_model, rngs, dtype=config.dtype)
+
+    def __call__(self, x):
+        hidden = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
+        return self.wo(hidden)
+
+
+class T5Block(nnx.Module):
+    """Pre-norm residual block: self-attention, (cross-attention), feed-forward."""
+
+    def __init__(self, config: T5Config, rngs: nnx.Rngs, *, is_decoder: bool):
+        norm = lambda: RMSNorm(config.d_model, eps=config.layer_norm_epsilon, dtype=config.dtype)
+        self.self_attention_norm = norm()
+        self.self_attention = T5Attention(config, rngs)
+        self.is_decoder = is_decoder
+        if is_decoder:
+            self.cross_attention_norm = norm()
+            self.cross_attention = T5Attention(config, rngs)
+        self.mlp_norm = norm()
+        self.mlp = T5FeedForward(config, rngs)
+
+    def __call__(self, x, self_bias, cross=None):
+        x = x + self.self_attention(self.self_attention_norm(x), self_bias)
+        doc_weights = None
+        if self.is_decoder:
+            memory, doc_log_mask, memory_valid, options = cross
+            update, doc_weights = self.cross_attention.cross(
+                self.cross_attention_norm(x), memory, doc_log_mask, memory_valid, **options)
+            x = x + update
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, doc_weights
+
+
+def _run_block(block, x, self_bias, cross):
+    return block(x, self_bias, cross)
+
+
+class T5Stack(nnx.Module):
+    """An encoder or decoder stack; the relative position bias lives in the stack (HF: in the
+    first block) and is shared by all layers."""
+
+    def __init__(self, config: T5Config, rngs: nnx.Rngs, *, is_decoder: bool):
+        self.config = config
+        self.is_decoder = is_decoder
+        num_layers = config.num_decoder_layers if is_decoder else config.num_layers
+        self.layers = nnx.List([T5Block(config, rngs, is_decoder=is_decoder)
+                                for _ in range(num_layers)])
+        self.relative_attention_bias = nnx.Embed(
+            config.relative_attention_num_buckets, config.num_heads, param_dtype=jnp.float32,
+            embedding_init=jax.nn.initializers.normal(config.d_model**-0.5), rngs=rngs)
+        self.final_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon,
+                                  dtype=config.dtype)
+
+    def position_bias(self, query_len: int, key_len: int):
+        """``[1, heads, query_len, key_len]`` float32."""
+        buckets = relative_position_buckets(
+            query_len, key_len, bidirectional=not self.is_decoder,
+            num_buckets=self.config.relative_attention_num_buckets,
+            max_distance=self.config.relative_attention_max_distance)
+        bias = self.relative_attention_bias.embedding[...][jnp.asarray(buckets)]
+        return upcast(jnp.transpose(bias, (2, 0, 1))[None])
+
+    def __call__(self, embeddings, self_bias, cross=None, *, collect_doc_weights=False):
+        run = nnx.remat(_run_block) if self.config.remat else _run_block
+        x, all_weights = embeddings, []
+        for block in self.layers:
+            x, weights = run(block, x, self_bias, cross)
+            all_weights.append(weights)
+        out = self.final_norm(x)
+        if collect_doc_weights:
+            return out, jnp.stack(all_weights)
+        return out
+
+
+class T5EncoderDecoder(nnx.Module):
+    """T5 with the decoder's cross-attention gated per document (FiD layout of the memory).
+
+    ``encode`` maps ``[batch, len]`` tokens to ``[batch, len, d_model]``; ``decode`` runs the
+    decoder on a memory of ``docs * doc_len`` keys with an optional per-document log mask.
+    """
+
+    def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+        self.config = config
+        self.shared = nnx.Embed(config.vocab_size, config.d_model, dtype=config.dtype,
+                                param_dtype=jnp.float32,
+                                embedding_init=jax.nn.initializers.normal(1.0), rngs=rngs)
+        self.encoder = T5Stack(config, rngs, is_decoder=False)
+        self.decoder = T5Stack(config, rngs, is_decoder=True)
+        if not config.tie_word_embeddings:
+            self.lm_head = dense(config.d_model, config.vocab_size, rngs, dtype=config.dtype)
+
+    def encode(self, input_ids, attention_mask):
+        """``[batch, len]`` ids and boolean mask -> ``[batch, len, d_model]``."""
+        length = input_ids.shape[-1]
+        position = self.encoder.position_bias(length, length)
+        bias = position + padding_bias(attention_mask, position.dtype)
+        return self.encoder(self.shared(input_ids), bias)
+
+    def decode_hidden(self, decoder_input_ids, memory, memory_valid, doc_log_mask=None, *,
+                      method: DmaMethod = "bias", implementation: Implementation = None,
+                      return_doc_weights: bool = False):
+        """Decoder output states ``[batch, tgt_len, d_model]`` (and document weights if asked).
+
+        Args:
+          decoder_input_ids: ``[batch, tgt_len]`` (the answer shifted right).
+          memory: ``[batch, docs * doc_len, d_model]`` encoder output.
+          memory_valid: ``[batch, docs * doc_len]`` boolean.
+          doc_log_mask: ``[batch, docs]`` log mask or None (all documents fully visible).
+          method, implementation: document-masked attention variant (see ``attention``).
+          return_doc_weights: also return the cross-attention mass per document,
+            ``[layers, batch, heads, tgt_len, docs]``.
+        """
+        length = decoder_input_ids.shape[-1]
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        position = self.decoder.position_bias(length, length)
+        self_bias = position + jnp.where(causal, 0.0, mask_value(position.dtype))[None, None]
+        options = {"method": method, "implementation": implementation,
+                   "return_doc_weights": return_doc_weights}
+        cross = (memory, doc_log_mask, memory_valid, options)
+        return self.decoder(self.shared(decoder_input_ids), self_bias, cross,
+                            collect_doc_weights=return_doc_weights)
+
+    def decode(self, decoder_input_ids, memory, memory_valid, doc_log_mask=None, **options):
+        """Decoder logits ``[batch, tgt_len, vocab]`` in float32; arguments as
+        :meth:`decode_hidden` (without ``return_doc_weights``)."""
+        hidden = self.decode_hidden(decoder_input_ids, memory, memory_valid, doc_log_mask,
+                                    **options)
+        return self.lm_logits(hidden)
+
+    def lm_logits(self, hidden):
+        """``[..., d_model]`` decoder states -> ``[..., vocab]`` float32 logits."""
+        if self.config.tie_word_embeddings:
+            hidden = hidden * (self.config.d_model**-0.5)
+            return upcast(self.shared.attend(hidden))
+        return upcast(self.lm_head(hidden))
+
+    def token_logit(self, hidden, token_id: int):
+        """The logit of one vocabulary entry, ``[...]``, without the full-vocabulary product."""
+        if self.config.tie_word_embeddings:
+            row = self.shared.embedding[...][token_id] * (self.config.d_model**-0.5)
+        else:
+            row = self.lm_head.kernel[...][:, token_id]
+        return jnp.einsum("...d,d->...", upcast(hidden), upcast(row))
+
+
+def shift_right(ids, start_token_id: int):
+    """Teacher forcing: ``[batch, len]`` targets -> decoder inputs starting with the start id."""
+    start = jnp.full((*ids.shape[:-1], 1), start_token_id, ids.dtype)
+    return jnp.concatenate([start, ids[..., :-1]], axis=-1)

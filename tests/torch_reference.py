@@ -1,0 +1,18 @@
+"""Helpers for comparisons with transformers' PyTorch models (skipped when torch is absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch (test-only, Python 3.11) is not installed")
+
+
+def state_dict_numpy(model) -> dict[str, np.ndarray]:
+    return {name: tensor.detach().float().numpy().copy()
+            for name, tensor in model.state_dict().items()}
+
+
+def to_torch(array, dtype=None):
+    tensor = torch.from_numpy(np.asarray(array).copy())
+    return tensor if dtype is None else tensor.to(dtype)
