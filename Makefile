@@ -32,7 +32,7 @@ test-fast: $(VENV)/.test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.test
-	$(BIN)/python -m ruff check gumbel_jax tests experiments
+	$(BIN)/python -m ruff check gumbel_jax tests experiments benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

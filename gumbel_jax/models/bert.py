@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gumbel_jax.models.attention import dot_attention, padding_bias
-from gumbel_jax.models.layers import LayerNorm, activation, dense
+from gumbel_jax.models.layers import LayerNorm, activation, dense, remat_call
 
 Family = Literal["bert", "roberta"]
 
@@ -110,7 +110,7 @@ class BertEncoder(nnx.Module):
              + self.token_type_embeddings(token_type_ids))
         x = self.embedding_norm(x)
         bias = padding_bias(attention_mask)
-        run = nnx.remat(_run_layer) if self.config.remat else _run_layer
+        run = remat_call(_run_layer) if self.config.remat else _run_layer
         for layer in self.layers:
             x = run(layer, x, bias)
         return x

@@ -66,3 +66,19 @@ def activation(name: str):
     if name not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+def remat_call(fn):
+    """``fn(module, *arrays)`` recomputed in the backward pass (``jax.checkpoint``).
+
+    The module is split into its graph and state and rebuilt inside the checkpointed pure
+    function, so this works whether the module was passed through a transform or captured by
+    a closure (``nnx.remat`` refuses the latter: it would update state across trace levels).
+    """
+
+    def wrapped(module, *args):
+        graphdef, state = nnx.split(module)
+        pure = jax.checkpoint(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
+        return pure(state, *args)
+
+    return wrapped

@@ -19,7 +19,7 @@ from gumbel_jax.models.attention import (
     dot_attention,
     padding_bias,
 )
-from gumbel_jax.models.layers import RMSNorm, activation, dense, upcast
+from gumbel_jax.models.layers import RMSNorm, activation, dense, remat_call, upcast
 from gumbel_jax.ops import mask_value
 
 
@@ -44,6 +44,10 @@ class T5Config:
     decoder_start_token_id: int = 0
     dtype: Any = jnp.float32  # compute dtype; parameters, norms and softmax stay float32
     remat: bool = False  # rematerialise each layer in the backward pass
+    # Encoder self-attention kernel: None (einsum, float32 logits), "xla" or "cudnn"
+    # (jax.nn.dot_product_attention with the position bias materialised per batch). The
+    # decoder's self-attention is short (answer tokens) and always uses the einsum path.
+    attention_implementation: str | None = None
 
     @property
     def is_gated(self) -> bool:
@@ -96,9 +100,10 @@ def relative_position_buckets(query_len: int, key_len: int, *, bidirectional: bo
 class T5Attention(nnx.Module):
     """Multi-head attention without biases or logit scaling (T5's convention)."""
 
-    def __init__(self, config: T5Config, rngs: nnx.Rngs):
+    def __init__(self, config: T5Config, rngs: nnx.Rngs, *, implementation=None):
         inner = config.num_heads * config.d_kv
         self.heads, self.head_dim = config.num_heads, config.d_kv
+        self.implementation = implementation
         self.q = dense(config.d_model, inner, rngs, dtype=config.dtype,
                        std=(config.d_model * config.d_kv) ** -0.5)
         self.k = dense(config.d_model, inner, rngs, dtype=config.dtype)
@@ -113,7 +118,8 @@ class T5Attention(nnx.Module):
 
     def __call__(self, x, bias):
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
-        return self._merge(dot_attention(q, k, v, bias, scale=1.0))
+        return self._merge(dot_attention(q, k, v, bias, scale=1.0,
+                                         implementation=self.implementation))
 
     def cross(self, x, memory, doc_log_mask, memory_valid, *, method, implementation,
               return_doc_weights=False):
@@ -149,7 +155,9 @@ class T5Block(nnx.Module):
     def __init__(self, config: T5Config, rngs: nnx.Rngs, *, is_decoder: bool):
         norm = lambda: RMSNorm(config.d_model, eps=config.layer_norm_epsilon, dtype=config.dtype)
         self.self_attention_norm = norm()
-        self.self_attention = T5Attention(config, rngs)
+        self.self_attention = T5Attention(
+            config, rngs,
+            implementation=None if is_decoder else config.attention_implementation)
         self.is_decoder = is_decoder
         if is_decoder:
             self.cross_attention_norm = norm()
@@ -167,10 +175,6 @@ class T5Block(nnx.Module):
             x = x + update
         x = x + self.mlp(self.mlp_norm(x))
         return x, doc_weights
-
-
-def _run_block(block, x, self_bias, cross):
-    return block(x, self_bias, cross)
 
 
 class T5Stack(nnx.Module):
@@ -199,10 +203,17 @@ class T5Stack(nnx.Module):
         return upcast(jnp.transpose(bias, (2, 0, 1))[None])
 
     def __call__(self, embeddings, self_bias, cross=None, *, collect_doc_weights=False):
-        run = nnx.remat(_run_block) if self.config.remat else _run_block
+        # Array arguments go through remat; the attention options stay static in the closure.
+        memory, doc_log_mask, memory_valid, options = cross if cross else (None,) * 4
+
+        def run_block(block, x, self_bias, memory, doc_log_mask, memory_valid):
+            cross = (memory, doc_log_mask, memory_valid, options) if options else None
+            return block(x, self_bias, cross)
+
+        run = remat_call(run_block) if self.config.remat else run_block
         x, all_weights = embeddings, []
         for block in self.layers:
-            x, weights = run(block, x, self_bias, cross)
+            x, weights = run(block, x, self_bias, memory, doc_log_mask, memory_valid)
             all_weights.append(weights)
         out = self.final_norm(x)
         if collect_doc_weights:

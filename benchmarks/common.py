@@ -1,0 +1,160 @@
+"""Shared pieces of the benchmarks: paper-scale model shapes, the FLOP count of a G-Rerank
+step, synthetic batches, timing and the JSON report."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gumbel_jax.models import T5Config
+
+RANKT5_SCORE_TOKEN = 32089
+
+
+def t5_large_reader(**overrides) -> T5Config:
+    """FiD-Large: T5-large shapes (original T5: ReLU, tied head), 24 + 24 layers."""
+    return T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=4096, num_layers=24,
+                    num_decoder_layers=24, num_heads=16, feed_forward_proj="relu",
+                    tie_word_embeddings=True, **overrides)
+
+
+def rankt5_base_reranker(**overrides) -> T5Config:
+    """RankT5-base: T5-base shapes (v1.1 / Flan layout: gated GELU, untied head)."""
+    return T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12,
+                    num_decoder_layers=12, num_heads=12, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False, **overrides)
+
+
+def tiny_reader(**overrides) -> T5Config:
+    return T5Config(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                    num_decoder_layers=2, num_heads=4, **overrides)
+
+
+def tiny_reranker(**overrides) -> T5Config:
+    return T5Config(vocab_size=512, d_model=48, d_kv=16, d_ff=96, num_layers=2,
+                    num_decoder_layers=1, num_heads=3, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    batch: int
+    docs: int
+    doc_len: int
+    answer_len: int
+    k: int
+
+
+def _stack_flops(config: T5Config, tokens: int, seq_len: int, layers: int, *, cross_keys=0,
+                 cross_kv_tokens=0) -> float:
+    """Forward matmul FLOPs of ``layers`` T5 blocks on ``tokens`` tokens (2 per MAC)."""
+    inner = config.num_heads * config.d_kv
+    ff_mats = 3 if config.is_gated else 2
+    per_token = 2 * (4 * config.d_model * inner + ff_mats * config.d_model * config.d_ff)
+    per_token += 2 * 2 * seq_len * inner  # QK^T and AV
+    flops = layers * tokens * per_token
+    if cross_keys:
+        flops += layers * tokens * 2 * (2 * config.d_model * inner + 2 * cross_keys * inner)
+        flops += layers * cross_kv_tokens * 2 * 2 * config.d_model * inner  # K, V projections
+    return float(flops)
+
+
+def grerank_step_flops(reader: T5Config, reranker: T5Config, shape: Shape, *,
+                       num_samples: int = 1) -> dict:
+    """FLOPs the gradient needs: reranker fwd+bwd (3x forward), reader encoder forward,
+    reader decoder forward + backward for activations only (about 2x forward, without the
+    encoder-side K/V projections, which carry no gradient and are shared by all draws)."""
+    pairs = shape.batch * shape.docs
+    rr_enc = _stack_flops(reranker, pairs * shape.doc_len, shape.doc_len, reranker.num_layers)
+    rr_dec = _stack_flops(reranker, pairs, 1, reranker.num_decoder_layers,
+                          cross_keys=shape.doc_len, cross_kv_tokens=pairs * shape.doc_len)
+    reranker_flops = 3 * (rr_enc + rr_dec)
+    reader_encoder = _stack_flops(reader, pairs * shape.doc_len, shape.doc_len,
+                                  reader.num_layers)
+    keys = shape.docs * shape.doc_len
+    answer_tokens = shape.batch * shape.answer_len
+    decoder_fwd = _stack_flops(reader, answer_tokens, shape.answer_len,
+                               reader.num_decoder_layers, cross_keys=keys,
+                               cross_kv_tokens=shape.batch * keys)
+    kv_proj = reader.num_decoder_layers * shape.batch * keys * 2 * 2 * reader.d_model * (
+        reader.num_heads * reader.d_kv)
+    lm_head = 2 * answer_tokens * reader.d_model * reader.vocab_size
+    decoder = num_samples * (2 * (decoder_fwd + lm_head) - 2 * kv_proj) + kv_proj
+    total = reranker_flops + reader_encoder + decoder
+    return {"reranker_fwd_bwd": reranker_flops, "reader_encoder_fwd": reader_encoder,
+            "reader_decoder_fwd_bwd": decoder, "total": total}
+
+
+def synthetic_batch(rng: np.random.Generator, shape: Shape, vocab: int) -> dict:
+    """Random tokens with realistic padding: ragged passages, a few padded candidates."""
+    b, d, length = shape.batch, shape.docs, shape.doc_len
+    lengths = rng.integers(length // 2, length + 1, size=(b, d))
+    mask = np.arange(length)[None, None] < lengths[..., None]
+    doc_valid = np.ones((b, d), bool)
+    doc_valid[::4, -1] = False  # every 4th question has one candidate fewer
+    mask &= doc_valid[..., None]
+    ids = np.where(mask, rng.integers(2, vocab, size=(b, d, length)), 0).astype(np.int32)
+    answer_len = rng.integers(2, shape.answer_len + 1, size=b)
+    answer_mask = np.arange(shape.answer_len)[None] < answer_len[:, None]
+    answers = np.where(answer_mask, rng.integers(2, vocab, size=(b, shape.answer_len)), 0)
+    return {"reader_ids": ids, "reader_mask": mask, "ranker_ids": ids, "ranker_mask": mask,
+            "doc_valid": doc_valid, "answer_ids": answers.astype(np.int32),
+            "answer_mask": answer_mask}
+
+
+def time_calls(fn, *, warmup: int, steps: int) -> dict:
+    """Seconds per call after ``warmup`` calls; each call's result is waited for."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    for _ in range(max(warmup - 1, 0)):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return {"first_call_s": first, "step_s_median": float(np.median(times)),
+            "step_s_min": float(np.min(times)), "steps": steps}
+
+
+def peak_memory_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def measured_matmul_peak_tflops(size: int = 8192, repeats: int = 10) -> float:
+    """bf16 matrix-product throughput of this device (the denominator of utilisation)."""
+    keys = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(keys[0], (size, size), jnp.bfloat16)
+    b = jax.random.normal(keys[1], (size, size), jnp.bfloat16)
+    matmul = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(matmul(a, b))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = matmul(a, b)
+    jax.block_until_ready(out)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def device_description() -> dict:
+    device = jax.devices()[0]
+    return {"platform": device.platform, "device_kind": device.device_kind,
+            "jax": jax.__version__, "python": platform.python_version(),
+            "date": datetime.date.today().isoformat()}
+
+
+def write_report(path: str | None, report: dict) -> None:
+    text = json.dumps(report, indent=2, default=float)
+    print(text)
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(text + "\n")

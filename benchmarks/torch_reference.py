@@ -1,0 +1,263 @@
+"""Benchmark 2: the same G-Rerank step written with transformers' PyTorch T5, as a careful
+PyTorch user would: passages encoded one by one under no_grad, the document bias added to
+the decoder's cross-attention as a 4-D additive mask, a fused AdamW, bfloat16 autocast.
+
+    python -m benchmarks.torch_reference --size paper --batch 16 --out runs/bench/torch.json
+    python -m benchmarks.torch_reference --check   # same weights, same noise: loss vs ours
+
+The reader uses eager attention: SDPA's fused backward fails when the cross-attention mask
+needs a gradient. ``--check`` first proves both frameworks compute the same loss and the
+same gradient with respect to the reranker scores on shared weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+
+def _hf_config(config, transformers, attn_implementation):
+    hf = transformers.T5Config(
+        vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.d_kv,
+        d_ff=config.d_ff, num_layers=config.num_layers,
+        num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
+        relative_attention_num_buckets=config.relative_attention_num_buckets,
+        relative_attention_max_distance=config.relative_attention_max_distance,
+        feed_forward_proj=config.feed_forward_proj, dropout_rate=0.0,
+        tie_word_embeddings=config.tie_word_embeddings, decoder_start_token_id=0)
+    hf._attn_implementation = attn_implementation
+    return hf
+
+
+class TorchGRerank:
+    """Reader (frozen) + RankT5 reranker + AdamW in PyTorch."""
+
+    def __init__(self, reader_cfg, ranker_cfg, *, device, reader_dtype, score_token, k,
+                 tau=0.5, kappa=1.0, seed=0):
+        import torch
+        import transformers
+
+        torch.manual_seed(seed)
+        self.torch, self.device, self.k, self.tau, self.kappa = torch, device, k, tau, kappa
+        self.reader = transformers.T5ForConditionalGeneration(
+            _hf_config(reader_cfg, transformers, "eager")).to(device, reader_dtype).eval()
+        self.reader.requires_grad_(False)
+        self.ranker = transformers.T5ForConditionalGeneration(
+            _hf_config(ranker_cfg, transformers, "sdpa")).to(device).train()
+        self.ranker_scale = ranker_cfg.d_model**-0.5 if ranker_cfg.tie_word_embeddings else 1.0
+        self.score_token = score_token
+        self.reader_dtype = reader_dtype
+        self.optimizer = torch.optim.AdamW(self.ranker.parameters(), lr=1e-5,
+                                           fused=device == "cuda")
+
+    def scores(self, ids, mask):
+        torch = self.torch
+        b, d, length = ids.shape
+        flat_ids, flat_mask = ids.view(b * d, length), mask.view(b * d, length)
+        memory = self.ranker.encoder(input_ids=flat_ids, attention_mask=flat_mask)
+        start = torch.zeros((b * d, 1), dtype=torch.long, device=ids.device)
+        hidden = self.ranker.decoder(input_ids=start, encoder_hidden_states=memory[0],
+                                     encoder_attention_mask=flat_mask)[0][:, 0]
+        row = self.ranker.lm_head.weight[self.score_token]
+        return ((hidden.float() * self.ranker_scale) @ row.float()).view(b, d)
+
+    def log_mask(self, scores, noise, doc_valid):
+        torch = self.torch
+        neg = torch.finfo(torch.float32).min / 2
+        perturbed = (self.kappa * scores[None] + noise) / self.tau
+        perturbed = torch.where(doc_valid[None], perturbed, torch.full_like(perturbed, neg))
+        log_mask = torch.log_softmax(perturbed, dim=-1).amax(0)
+        return torch.where(doc_valid, log_mask, torch.full_like(log_mask, neg))
+
+    def loss(self, batch, noise):
+        torch = self.torch
+        ids, mask = batch["reader_ids"], batch["reader_mask"]
+        b, d, length = ids.shape
+        with torch.autocast(self.device, dtype=torch.bfloat16,
+                            enabled=self.reader_dtype == torch.bfloat16):
+            scores = self.scores(batch["ranker_ids"], batch["ranker_mask"])
+        with torch.no_grad():
+            memory = self.reader.encoder(input_ids=ids.view(b * d, length),
+                                         attention_mask=mask.view(b * d, length))[0]
+            memory = memory.view(b, d * length, -1)
+        log_mask = self.log_mask(scores, noise, batch["doc_valid"])
+        neg = torch.finfo(self.reader_dtype).min / 2
+        bias = log_mask.repeat_interleave(length, dim=1)
+        bias = torch.where(mask.view(b, d * length), bias, torch.full_like(bias, neg))
+        answers, answer_mask = batch["answer_ids"], batch["answer_mask"]
+        target_len = answers.shape[1]
+        bias = bias[:, None, None, :].to(self.reader_dtype).expand(b, 1, target_len, d * length)
+        decoder_inputs = torch.cat([torch.zeros_like(answers[:, :1]), answers[:, :-1]], dim=1)
+        logits = self.reader(encoder_outputs=(memory,), attention_mask=bias,
+                             decoder_input_ids=decoder_inputs).logits
+        log_probs = torch.log_softmax(logits.float(), -1).gather(-1, answers[..., None])[..., 0]
+        log_probs = torch.where(answer_mask, log_probs, torch.zeros_like(log_probs))
+        per_question = log_probs.sum(-1) / answer_mask.sum(-1).clamp(min=1)
+        return -per_question.mean(), scores
+
+    def step(self, batch, noise):
+        loss, _ = self.loss(batch, noise)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def _to_torch(batch, torch, device):
+    out = {}
+    for name, value in batch.items():
+        tensor = torch.from_numpy(np.array(value))  # a writable copy
+        out[name] = (tensor.long() if tensor.dtype not in (torch.bool,) and
+                     not tensor.is_floating_point() else tensor).to(device)
+    return out
+
+
+def consistency_check(device: str) -> dict:
+    """Shared float32 weights and noise: the JAX and PyTorch losses and d(loss)/d(scores),
+    both at full float32 matmul precision (no TF32)."""
+    import jax
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    with jax.default_matmul_precision("highest"):
+        return _consistency_check(device)
+
+
+def _consistency_check(device: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from gumbel_jax import ops
+    from gumbel_jax.checkpoints import t5_from_tensors
+    from gumbel_jax.models import FiDReader, RankT5
+
+    reader_cfg, ranker_cfg = common.tiny_reader(), common.tiny_reranker()
+    shape = common.Shape(batch=3, docs=6, doc_len=12, answer_len=5, k=3)
+    ref = TorchGRerank(reader_cfg, ranker_cfg, device=device, reader_dtype=torch.float32,
+                       score_token=7, k=shape.k)
+    ref.ranker.eval()
+    batch = common.synthetic_batch(np.random.default_rng(1), shape, reader_cfg.vocab_size)
+    noise = np.asarray(ops.sample_gumbel(jax.random.key(2), (shape.k, shape.batch, shape.docs)))
+    torch_batch = _to_torch(batch, torch, device)
+    loss_ref, scores_ref = ref.loss(torch_batch, torch.from_numpy(noise.copy()).to(device))
+    scores_ref.retain_grad()
+    loss_ref.backward()
+
+    def numpy_state(model):
+        return {n: t.detach().float().cpu().numpy() for n, t in model.state_dict().items()}
+
+    reader = FiDReader(t5_from_tensors(reader_cfg, numpy_state(ref.reader)))
+    ranker = RankT5(t5_from_tensors(ranker_cfg, numpy_state(ref.ranker)), score_token_id=7)
+    jb = jax.tree.map(jnp.asarray, batch)
+    scores = ranker(jb["ranker_ids"], jb["ranker_mask"])
+    memory, valid = reader.encode(jb["reader_ids"], jb["reader_mask"])
+
+    def loss_of_scores(scores):
+        log_mask = ops.log_relaxed_topk_from_noise(scores, jnp.asarray(noise), tau=0.5,
+                                                   kappa=1.0, valid=jb["doc_valid"])
+        log_probs = reader.token_log_probs(memory, valid, jb["answer_ids"], jb["answer_mask"],
+                                           log_mask)
+        return -(log_probs.sum(-1) / jb["answer_mask"].sum(-1)).mean()
+
+    loss, grad = jax.value_and_grad(loss_of_scores)(scores)
+    return {
+        "loss_jax": float(loss), "loss_torch": float(loss_ref.detach()),
+        # Over real candidates: a fully padded candidate's score is arbitrary (and masked).
+        "scores_max_abs_diff": float(np.abs(np.asarray(scores)
+                                            - scores_ref.detach().cpu().numpy())
+                                     [batch["doc_valid"]].max()),
+        "grad_scores_max_abs_diff": float(np.abs(np.asarray(grad)
+                                                 - scores_ref.grad.cpu().numpy()).max()),
+        "grad_scores_max_abs": float(np.abs(np.asarray(grad)).max()),
+    }
+
+
+def run(args) -> dict:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = {"benchmark": "torch_reference", "torch": torch.__version__, "device": device,
+              "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    if args.check:
+        report["consistency"] = consistency_check(device)
+    paper = args.size == "paper"
+    reader_cfg = common.t5_large_reader() if paper else common.tiny_reader()
+    ranker_cfg = common.rankt5_base_reranker() if paper else common.tiny_reranker()
+    shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
+    report["shape"] = dataclasses.asdict(shape)
+    model = TorchGRerank(reader_cfg, ranker_cfg, device=device, reader_dtype=torch.bfloat16,
+                         score_token=common.RANKT5_SCORE_TOKEN if paper else 7, k=args.k)
+    batch = _to_torch(common.synthetic_batch(np.random.default_rng(0), shape,
+                                             reader_cfg.vocab_size), torch, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def noise():
+        u = torch.rand((args.k, args.batch, args.docs), device=device, generator=generator)
+        return -torch.log(-torch.log(u.clamp(min=1e-20, max=1 - 1e-7)))
+
+    flops = common.grerank_step_flops(reader_cfg, ranker_cfg, shape)["total"]
+    for mode in args.modes:
+        step = model.step if mode == "eager" else torch.compile(model.step)
+        report[mode] = _time_torch(torch, device, lambda step=step: step(batch, noise()), args,
+                                   flops)
+    return report
+
+
+def _time_torch(torch, device, fn, args, flops) -> dict:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        start = time.perf_counter()
+        fn()
+        sync()
+        first = time.perf_counter() - start
+        for _ in range(args.warmup - 1):
+            fn()
+        sync()
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    except torch.OutOfMemoryError as error:
+        return {"error": f"out of memory: {str(error).splitlines()[0]}"}
+    median = float(np.median(times))
+    out = {"first_call_s": first, "step_s_median": median, "step_s_min": float(min(times)),
+           "questions_per_s": args.batch / median, "achieved_tflops": flops / median / 1e12}
+    if device == "cuda":
+        out["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=["paper", "tiny"], default="tiny")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--docs", type=int, default=10)
+    p.add_argument("--doc_len", type=int, default=None)
+    p.add_argument("--answer_len", type=int, default=None)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager"])
+    p.add_argument("--check", action="store_true", help="cross-framework consistency first")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    paper = args.size == "paper"
+    args.batch = args.batch or (16 if paper else 2)
+    args.doc_len = args.doc_len or (256 if paper else 16)
+    args.answer_len = args.answer_len or (32 if paper else 4)
+    common.write_report(args.out, run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Every benchmark runs end to end at tiny size on CPU and writes its JSON report."""
+
+import json
+
+import pytest
+
+from benchmarks import attention, common, grerank_step, memory
+
+
+def _report(tmp_path, module, args):
+    out = tmp_path / "report.json"
+    module.main([*args, "--out", str(out)])
+    return json.loads(out.read_text())
+
+
+def test_grerank_step_tiny(tmp_path):
+    report = _report(tmp_path, grerank_step, ["--size", "tiny", "--steps", "2", "--remat",
+                                              "--num_samples", "2"])
+    assert report["step_s_median"] > 0 and report["questions_per_s"] > 0
+    assert report["flops_per_step"]["total"] > 0
+    assert report["final_loss"] == pytest.approx(report["final_loss"])  # finite
+
+
+def test_attention_tiny(tmp_path):
+    report = _report(tmp_path, attention, ["--size", "tiny", "--steps", "2"])
+    assert report["variants"]["blockwise"]["step_s_median"] > 0
+    assert report["variants"]["bias/xla"]["step_s_median"] > 0
+    assert report["ops"]["step_s_median"] > 0
+
+
+def test_memory_tiny(tmp_path):
+    report = _report(tmp_path, memory, ["--size", "tiny", "--batches", "1", "2"])
+    assert report["largest_batch_that_fits"] == 2
+
+
+def test_torch_reference_consistency_tiny(tmp_path):
+    pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    report = _report(tmp_path, torch_reference, ["--size", "tiny", "--check", "--steps", "1"])
+    consistency = report["consistency"]
+    assert consistency["loss_jax"] == pytest.approx(consistency["loss_torch"], rel=1e-5)
+    assert consistency["grad_scores_max_abs_diff"] < 1e-5 * max(
+        1.0, consistency["grad_scores_max_abs"]) + 1e-7
+    assert report["eager"]["step_s_median"] > 0
+
+
+def test_flop_count_matches_a_hand_count():
+    """One encoder layer, no FF gating: 2 * (4 d inner + 2 d ff) + 4 L inner per token."""
+    from gumbel_jax.models import T5Config
+
+    config = T5Config(d_model=8, d_kv=2, num_heads=2, d_ff=16, num_layers=1)
+    per_token = 2 * (4 * 8 * 4 + 2 * 8 * 16) + 4 * 5 * 4
+    assert common._stack_flops(config, tokens=10, seq_len=5, layers=1) == 10 * per_token

@@ -1,0 +1,86 @@
+"""G-Rerank loss: equals its definition, every relaxation trains, draws share the encoder."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gumbel_jax import ops
+from gumbel_jax.models import FiDReader, T5Config
+from gumbel_jax.objectives import document_log_mask, g_rerank_loss
+from tests.models.conftest import TINY_T5
+
+
+@pytest.fixture(scope="module")
+def setup():
+    reader = FiDReader.random(TINY_T5, seed=3)
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(2, 64, size=(2, 5, 6)), jnp.int32)
+    mask = jnp.ones((2, 5, 6), bool).at[1, 4:].set(False)
+    answers = jnp.asarray(rng.integers(2, 64, size=(2, 3)), jnp.int32)
+    answer_mask = jnp.ones((2, 3), bool).at[0, 2].set(False)
+    memory, valid = reader.encode(ids, mask)
+    return reader, memory, valid, answers, answer_mask, mask.any(-1)
+
+
+def _loss(setup, scores, key, **kwargs):
+    reader, memory, valid, answers, answer_mask, candidate_valid = setup
+    return g_rerank_loss(key, scores, reader, memory, valid, answers, answer_mask,
+                         candidate_valid=candidate_valid, k=2, **kwargs)
+
+
+def test_loss_is_the_per_token_answer_nll_under_the_relaxed_mask(setup):
+    reader, memory, valid, answers, answer_mask, candidate_valid = setup
+    scores, key = jnp.array([[0.5, -1.0, 2.0, 0.0, 1.0]] * 2), jax.random.key(4)
+    log_mask = ops.log_relaxed_topk(key, scores, 2, tau=0.5, where=candidate_valid)
+    log_probs = reader.token_log_probs(memory, valid, answers, answer_mask, log_mask)
+    expected = -(log_probs.sum(-1) / answer_mask.sum(-1)).mean()
+    np.testing.assert_allclose(_loss(setup, scores, key), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("relaxation", ["l2x", "subset", "no_noise", "straight_through"])
+def test_every_relaxation_gives_finite_reranker_gradients(setup, relaxation):
+    scores = jax.random.normal(jax.random.key(5), (2, 5))
+    grads = jax.jit(jax.grad(lambda s: _loss(setup, s, jax.random.key(6),
+                                             relaxation=relaxation)))(scores)
+    assert np.isfinite(np.asarray(grads)).all() and float(jnp.abs(grads).max()) > 0
+    assert float(grads[1, 4]) == 0.0  # the padded candidate
+
+
+def test_no_noise_is_deterministic_and_straight_through_is_hard(setup):
+    scores = jax.random.normal(jax.random.key(7), (2, 5))
+    valid = setup[-1]
+    a = document_log_mask(jax.random.key(0), scores, 2, tau=0.5, kappa=1.0,
+                          candidate_valid=valid, relaxation="no_noise")
+    b = document_log_mask(jax.random.key(1), scores, 2, tau=0.5, kappa=1.0,
+                          candidate_valid=valid, relaxation="no_noise")
+    np.testing.assert_array_equal(a, b)
+    hard = document_log_mask(jax.random.key(0), scores, 2, tau=0.5, kappa=1.0,
+                             candidate_valid=valid, relaxation="straight_through")
+    chosen = np.asarray(hard) > -1e-5
+    assert (chosen.sum(-1) == 2).all()
+    with pytest.raises(ValueError, match="unknown relaxation"):
+        document_log_mask(jax.random.key(0), scores, 2, tau=0.5, kappa=1.0,
+                          candidate_valid=valid, relaxation="gumbel")
+
+
+def test_several_draws_average_single_draws(setup):
+    scores, key = jax.random.normal(jax.random.key(8), (2, 5)), jax.random.key(9)
+    many = _loss(setup, scores, key, num_samples=3)
+    singles = [_loss(setup, scores, k) for k in jax.random.split(key, 3)]
+    np.testing.assert_allclose(many, np.mean(singles), rtol=1e-5)
+
+
+def test_remat_changes_nothing(setup):
+    reader, memory, valid, answers, answer_mask, candidate_valid = setup
+    remat_reader = FiDReader.random(T5Config(**{**TINY_T5.__dict__, "remat": True}), seed=3)
+    scores = jax.random.normal(jax.random.key(10), (2, 5))
+
+    def loss(reader, scores):
+        log_mask = ops.log_relaxed_topk(jax.random.key(1), scores, 2, where=candidate_valid)
+        return -reader.token_log_probs(memory, valid, answers, answer_mask, log_mask).sum()
+
+    plain = jax.value_and_grad(lambda s: loss(reader, s))(scores)
+    rematted = jax.value_and_grad(lambda s: loss(remat_reader, s))(scores)
+    np.testing.assert_allclose(rematted[0], plain[0], rtol=1e-6)
+    np.testing.assert_allclose(rematted[1], plain[1], rtol=1e-5, atol=1e-7)
