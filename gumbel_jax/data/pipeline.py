@@ -1,0 +1,139 @@
+"""The input pipeline (grain): shuffle with a seed, tokenize for the reader and the reranker,
+pad to static shapes with valid masks, batch, shard by JAX process. The iterator's state is
+one integer and resumes exactly, across epoch boundaries."""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Sequence
+
+import grain
+import numpy as np
+
+from gumbel_jax.data.records import Record
+from gumbel_jax.models.fid import fid_passage_text
+from gumbel_jax.models.rankt5 import rankt5_text
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """Static shapes of one example."""
+
+    num_candidates: int  # n: candidates beyond n are cut (source order), fewer are padded
+    reader_length: int  # tokens per (question, passage) for the reader
+    ranker_length: int  # tokens per (question, passage) for the reranker
+    answer_length: int  # answer tokens, EOS included
+
+
+def example_id(record_id: str) -> int:
+    """A stable 31-bit id for per-example randomness (``fold_in(step_key, example_id)``)."""
+    return zlib.crc32(record_id.encode("utf-8")) & 0x7FFFFFFF
+
+
+def as_record(item) -> Record:
+    """A ``Record``, its JSON bytes, or a tfds example ``{"record": bytes}``."""
+    if isinstance(item, Record):
+        return item
+    if isinstance(item, dict):
+        item = item["record"]
+    return Record.loads(item)
+
+
+class Featurizer:
+    """Record -> dict of fixed-shape numpy arrays (the batch layout of the trainer).
+
+    Keys: ``reader_ids/reader_mask [n, reader_length]``, ``ranker_ids/ranker_mask
+    [n, ranker_length]``, ``doc_valid [n]``, ``answer_ids/answer_mask [answer_length]``,
+    ``gold/indirect [n]`` (evaluation only), ``example_id []``.
+    """
+
+    def __init__(self, reader_tokenizer, ranker_tokenizer, spec: FeatureSpec, *,
+                 reader_template: Callable = fid_passage_text,
+                 ranker_template: Callable = rankt5_text):
+        self.reader_tokenizer, self.ranker_tokenizer = reader_tokenizer, ranker_tokenizer
+        self.spec = spec
+        self.reader_template, self.ranker_template = reader_template, ranker_template
+
+    def _encode(self, tokenizer, texts, length, rows):
+        """``[rows, length]`` ids and mask. Padding and truncation happen here, not in the
+        tokenizer: a fast tokenizer's padding settings are shared state, and grain
+        featurises in several threads."""
+        ids = np.zeros((rows, length), np.int32)
+        mask = np.zeros((rows, length), bool)
+        for row, tokens in enumerate(tokenizer(texts)["input_ids"] if texts else []):
+            tokens = _truncate(tokens, length, tokenizer.eos_token_id)
+            ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = True
+        return ids, mask
+
+    def __call__(self, item) -> dict[str, np.ndarray]:
+        record = as_record(item)
+        spec = self.spec
+        passages = record.ctxs[: spec.num_candidates]
+        count = len(passages)
+        reader = [self.reader_template(record.question, p.title, p.text) for p in passages]
+        ranker = [self.ranker_template(record.question, p.title, p.text) for p in passages]
+        n = spec.num_candidates
+        reader_ids, reader_mask = self._encode(self.reader_tokenizer, reader,
+                                               spec.reader_length, n)
+        ranker_ids, ranker_mask = self._encode(self.ranker_tokenizer, ranker,
+                                               spec.ranker_length, n)
+        answer_ids, answer_mask = self._encode(self.reader_tokenizer, [record.answers[0]],
+                                               spec.answer_length, 1)
+
+        def per_candidate(values):
+            out = np.zeros(spec.num_candidates, bool)
+            out[:count] = values[:count]
+            return out
+
+        return {
+            "reader_ids": reader_ids, "reader_mask": reader_mask,
+            "ranker_ids": ranker_ids, "ranker_mask": ranker_mask,
+            "doc_valid": per_candidate([True] * count),
+            "answer_ids": answer_ids[0], "answer_mask": answer_mask[0],
+            "gold": per_candidate(record.gold), "indirect": per_candidate(record.indirect),
+            "example_id": np.int32(example_id(record.id)),
+        }
+
+
+def _truncate(tokens: list[int], length: int, eos_id: int | None) -> list[int]:
+    """Cut to ``length`` tokens, keeping a final EOS (as T5's tokenizer does)."""
+    if len(tokens) <= length:
+        return tokens
+    if eos_id is not None and tokens[-1] == eos_id:
+        return [*tokens[: length - 1], eos_id]
+    return tokens[:length]
+
+
+def make_dataset(source: Sequence, featurizer: Callable, *, batch_size: int, seed: int,
+                 shuffle: bool = True, num_epochs: int | None = None,
+                 drop_remainder: bool = True, shard_index: int | None = None,
+                 shard_count: int | None = None) -> grain.IterDataset:
+    """Batches of featurised examples for this process.
+
+    Args:
+      source: random-access records (a list of ``Record``s, or a ``tfds.data_source``).
+      featurizer: record -> dict of arrays (a ``Featurizer``).
+      batch_size: examples per batch *on this process* (global batch / process count).
+      seed: shuffle seed; each epoch has its own order.
+      num_epochs: None repeats forever.
+      shard_index, shard_count: this process's shard (default: ``jax.process_index()`` of
+        ``jax.process_count()``).
+
+    Returns:
+      a grain ``IterDataset``; ``iter(...)`` gives an iterator with ``get_state()`` /
+      ``set_state()`` for exact resume.
+    """
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if len(source) < shard_count:
+        raise ValueError(f"{len(source)} records cannot be sharded over {shard_count} "
+                         "processes")
+    dataset = grain.MapDataset.source(source)[shard_index::shard_count]
+    if shuffle:
+        dataset = dataset.seed(seed).shuffle()
+    dataset = dataset.repeat(num_epochs).map(featurizer)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset()
