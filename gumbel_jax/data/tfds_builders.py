@@ -97,9 +97,10 @@ class GjSynthetic(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
 
-    def __init__(self, *, world: WorldConfig = WorldConfig(), num_train: int = 2000,
+    def __init__(self, *, world: WorldConfig | None = None, num_train: int = 2000,
                  num_validation: int = 500, **kwargs):
-        self.world, self.sizes = world, {"train": num_train, "validation": num_validation}
+        self.world = world if world is not None else WorldConfig()
+        self.sizes = {"train": num_train, "validation": num_validation}
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
