@@ -53,6 +53,27 @@ class Shape:
     k: int
 
 
+def add_shape_arguments(parser, *, docs: int | None = 10) -> None:
+    """The step-shape flags shared by the benchmarks; sizes left None get the ``--size``
+    defaults in :func:`fill_shape_defaults`."""
+    parser.add_argument("--size", choices=["paper", "tiny"], default="tiny")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--docs", type=int, default=docs)
+    parser.add_argument("--doc_len", type=int, default=None)
+    parser.add_argument("--answer_len", type=int, default=None)
+    parser.add_argument("--k", type=int, default=5)
+
+
+def fill_shape_defaults(args, *, paper_batch: int, paper_docs: int = 10):
+    """Paper scale: 256-token passages and 32-token answers; tiny: sizes a CPU runs fast."""
+    paper = args.size == "paper"
+    args.batch = args.batch or (paper_batch if paper else 2)
+    args.docs = args.docs or (paper_docs if paper else 12)
+    args.doc_len = args.doc_len or (256 if paper else 16)
+    args.answer_len = args.answer_len or (32 if paper else 4)
+    return args
+
+
 def _stack_flops(config: T5Config, tokens: int, seq_len: int, layers: int, *, cross_keys=0,
                  cross_kv_tokens=0) -> float:
     """Forward matmul FLOPs of ``layers`` T5 blocks on ``tokens`` tokens (2 per MAC)."""

@@ -107,12 +107,7 @@ def run(args) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", choices=["paper", "tiny"], default="tiny")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--docs", type=int, default=10)
-    p.add_argument("--doc_len", type=int, default=None)
-    p.add_argument("--answer_len", type=int, default=None)
-    p.add_argument("--k", type=int, default=5)
+    common.add_shape_arguments(p)
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--dma", choices=["bias", "blockwise"], default="bias")
@@ -127,11 +122,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    paper = args.size == "paper"
-    args.batch = args.batch or (32 if paper else 2)
-    args.doc_len = args.doc_len or (256 if paper else 16)
-    args.answer_len = args.answer_len or (32 if paper else 4)
+    args = common.fill_shape_defaults(parser().parse_args(argv), paper_batch=32)
     common.write_report(args.out, run(args))
 
 

@@ -52,10 +52,8 @@ def main(argv=None):
     p.add_argument("--cross_attention", choices=["xla", "cudnn"], default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    paper = args.size == "paper"
-    args.docs = args.docs or (100 if paper else 12)
-    args.doc_len = args.doc_len or (256 if paper else 16)
-    args.answer_len = args.answer_len or (32 if paper else 4)
+    args.batch = None  # memory tries every size in --batches
+    common.fill_shape_defaults(args, paper_batch=1, paper_docs=100)
     common.write_report(args.out, run(args))
 
 

@@ -240,22 +240,13 @@ def _time_torch(torch, device, fn, args, flops) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", choices=["paper", "tiny"], default="tiny")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--docs", type=int, default=10)
-    p.add_argument("--doc_len", type=int, default=None)
-    p.add_argument("--answer_len", type=int, default=None)
-    p.add_argument("--k", type=int, default=5)
+    common.add_shape_arguments(p)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager"])
     p.add_argument("--check", action="store_true", help="cross-framework consistency first")
     p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    paper = args.size == "paper"
-    args.batch = args.batch or (16 if paper else 2)
-    args.doc_len = args.doc_len or (256 if paper else 16)
-    args.answer_len = args.answer_len or (32 if paper else 4)
+    args = common.fill_shape_defaults(p.parse_args(argv), paper_batch=16)
     common.write_report(args.out, run(args))
 
 
