@@ -78,3 +78,100 @@ def g_rerank_loss(key, scores, reader, memory, memory_valid, answer_ids, answer_
     if num_samples == 1:
         return one_draw(key)
     return jax.vmap(one_draw)(jax.random.split(key, num_samples)).mean()
+
+
+# --- Baselines (Atlas semantics; Izacard et al., 2023) -----------------------------------
+# Each trains the reranker on a target computed from the frozen reader; the reader terms
+# carry no gradient. theta is the reranker's softmax temperature, temperature the target's.
+
+
+def _masked_log_softmax(logits, valid):
+    logits = jnp.where(valid, logits, ops.mask_value(logits.dtype))
+    return jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), 0.0)
+
+
+def _kl_to_reranker(target_logits, scores, valid, theta):
+    """KL(softmax(target_logits) || softmax(scores / theta)) over valid candidates, mean over
+    the batch; the target carries no gradient."""
+    target_log = jax.lax.stop_gradient(_masked_log_softmax(target_logits, valid))
+    predicted_log = _masked_log_softmax(scores / theta, valid)
+    target = jnp.where(valid, jnp.exp(target_log), 0.0)
+    return (target * (target_log - predicted_log)).sum(-1).mean()
+
+
+def per_document_token_log_probs(reader, memory, memory_valid, answer_ids, answer_mask,
+                                 num_docs: int):
+    """log p(answer token | question, passage i read alone): ``[batch, docs, tgt_len]``.
+
+    Each passage becomes its own one-passage question (FiD encodes passages independently,
+    so the encoder output is reused, not recomputed)."""
+    batch, keys, width = memory.shape
+    doc_len = keys // num_docs
+    memory = memory.reshape(batch * num_docs, doc_len, width)
+    memory_valid = memory_valid.reshape(batch * num_docs, doc_len)
+    repeat = lambda x: jnp.repeat(x, num_docs, axis=0)
+    log_probs = reader.token_log_probs(memory, memory_valid, repeat(answer_ids),
+                                       repeat(answer_mask))
+    return jax.lax.stop_gradient(log_probs.reshape(batch, num_docs, -1))
+
+
+def emdr_loss(scores, per_doc_log_probs, answer_mask, candidate_valid, *, theta=0.01):
+    r"""EMDR: :math:`-\sum_t \log \sum_i \mathrm{softmax}(w/\theta)_i\, p(a_t | q, d_i)`,
+    averaged over answer tokens and questions.
+
+    Args:
+      scores: ``[batch, docs]``; per_doc_log_probs: ``[batch, docs, tgt_len]`` (no gradient).
+    """
+    prior = _masked_log_softmax(scores / theta, candidate_valid)[..., None]
+    joint = jnp.where(candidate_valid[..., None], prior + per_doc_log_probs,
+                      ops.mask_value(scores.dtype))
+    per_token = jax.nn.logsumexp(joint, axis=1)  # [batch, tgt_len]
+    tokens = jnp.maximum(answer_mask.sum(-1), 1)
+    return -(jnp.where(answer_mask, per_token, 0.0).sum(-1) / tokens).mean()
+
+
+def pdist_loss(scores, per_doc_log_probs, answer_mask, candidate_valid, *, theta=0.01,
+               temperature=0.01):
+    """PDist: target ∝ exp(mean-token log p(a | q, d_i) / temperature); KL to the reranker."""
+    tokens = jnp.maximum(answer_mask.sum(-1), 1)[:, None]
+    mean_log_prob = jnp.where(answer_mask[:, None], per_doc_log_probs, 0.0).sum(-1) / tokens
+    return _kl_to_reranker(mean_log_prob / temperature, scores, candidate_valid, theta)
+
+
+def leave_one_out_losses(reader, memory, memory_valid, answer_ids, answer_mask,
+                         candidate_valid):
+    """Answer NLL (mean over tokens) with all passages but ``i``: ``[batch, docs]``."""
+    num_docs = candidate_valid.shape[-1]
+    tokens = jnp.maximum(answer_mask.sum(-1), 1)
+
+    def without(i):
+        drop = jax.nn.one_hot(i, num_docs, dtype=bool)[None]
+        log_mask = jnp.where(drop | ~candidate_valid, ops.mask_value(jnp.float32), 0.0)
+        log_probs = reader.token_log_probs(memory, memory_valid, answer_ids, answer_mask,
+                                           log_mask)
+        return -log_probs.sum(-1) / tokens
+
+    return jax.lax.stop_gradient(jax.lax.map(without, jnp.arange(num_docs)).T)
+
+
+def loop_loss(scores, losses_without, candidate_valid, *, theta=0.01, temperature=0.01):
+    """LOOP: a passage whose removal hurts the answer most gets the most target mass:
+    target ∝ exp(loss_without_i / temperature); KL to the reranker."""
+    return _kl_to_reranker(losses_without / temperature, scores, candidate_valid, theta)
+
+
+def adist_loss(scores, attention_mass, candidate_valid, *, theta=0.01):
+    """ADist: the target is the frozen reader's cross-attention mass per passage (averaged
+    over layers, heads and answer tokens); KL to the reranker."""
+    log_mass = jnp.log(jnp.maximum(attention_mass, jnp.finfo(jnp.float32).tiny))
+    return _kl_to_reranker(log_mass, scores, candidate_valid, theta)
+
+
+def supervised_loss(scores, gold, candidate_valid):
+    """Cross-entropy to the uniform distribution over gold passages (an upper reference where
+    labels exist); questions without a gold passage contribute 0."""
+    log_probs = _masked_log_softmax(scores, candidate_valid)
+    gold = gold & candidate_valid
+    count = gold.sum(-1)
+    per_question = -jnp.where(gold, log_probs, 0.0).sum(-1) / jnp.maximum(count, 1)
+    return jnp.where(count > 0, per_question, 0.0).mean()

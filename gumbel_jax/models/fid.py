@@ -109,9 +109,17 @@ class FiDReader(nnx.Module):
         return self.token_log_probs(memory, valid, answer_ids, answer_mask, doc_log_mask).sum(-1)
 
     def document_attention(self, memory, memory_valid, answer_ids, answer_mask,
-                           doc_log_mask=None):
+                           doc_log_mask=None, *, num_docs: int | None = None):
         """Cross-attention mass on each document, averaged over layers, heads and answer
-        tokens: ``[batch, docs]``, rows summing to 1 (the ADist signal)."""
+        tokens: ``[batch, docs]``, rows summing to 1 (the ADist signal).
+
+        The memory does not record where documents start, so without a ``doc_log_mask``
+        give ``num_docs``.
+        """
+        if doc_log_mask is None:
+            if num_docs is None:
+                raise ValueError("document_attention needs doc_log_mask or num_docs")
+            doc_log_mask = jnp.zeros((memory.shape[0], num_docs), jnp.float32)
         inputs = shift_right(answer_ids, self.config.decoder_start_token_id)
         _, weights = self.t5.decode_hidden(inputs, memory, memory_valid, doc_log_mask,
                                            method="blockwise", return_doc_weights=True)

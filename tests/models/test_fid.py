@@ -125,13 +125,18 @@ def test_one_compilation_per_shape(reader, fid_batch):
 
 
 def test_document_attention_is_a_distribution_that_respects_the_mask(reader, fid_batch):
+    with pytest.raises(ValueError, match="needs doc_log_mask or num_docs"):
+        reader.document_attention(*reader.encode(*fid_batch[:2]), *fid_batch[2:])
     input_ids, attention_mask, answer_ids, answer_mask = fid_batch
     memory, valid = reader.encode(input_ids, attention_mask)
-    mass = reader.document_attention(memory, valid, answer_ids, answer_mask)
+    mass = reader.document_attention(memory, valid, answer_ids, answer_mask, num_docs=5)
+    assert mass.shape == (2, 5)
     np.testing.assert_allclose(mass.sum(-1), 1.0, rtol=1e-5)
+    assert np.all(np.asarray(mass)[0] > 1e-3)  # every real passage gets some attention
     assert np.all(np.asarray(mass)[1, 3:] < 1e-6)  # padded passages
     hard = ops.mask_to_log_mask(jnp.array([[1.0, 1.0, 0.0, 0.0, 0.0]] * 2))
     gated = reader.document_attention(memory, valid, answer_ids, answer_mask, hard)
+    assert gated.shape == (2, 5)
     assert np.all(np.asarray(gated)[:, 2:] < 1e-6)
 
 
