@@ -13,15 +13,34 @@ from gumbel_jax import ops
 Relaxation = Literal["l2x", "subset", "no_noise", "straight_through"]
 
 
+def per_example_keys(step_key, example_ids):
+    """``[batch]`` keys ``fold_in(step_key, example_id)``: an example's noise depends on the
+    step and on the example, never on the batch it sits in or on the device mesh."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, example_ids)
+
+
+def _is_batched_key(key) -> bool:
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim >= 1
+    return key.ndim == 2  # raw uint32 keys: [2] for one key, [batch, 2] for several
+
+
 def document_log_mask(key, scores, k: int, *, tau: float, kappa: float, candidate_valid,
                       relaxation: Relaxation = "l2x"):
     """The per-document log mask used for training, ``[batch, docs]``.
+
+    ``key`` is one key for the batch or ``[batch]`` keys, one per question (see
+    :func:`per_example_keys`).
 
     ``l2x`` is the paper's relaxed top-k; the others are ablations: ``subset`` (Xie & Ermon),
     ``no_noise`` (the same max-of-k construction without Gumbel noise collapses to one
     softmax, so it is the deterministic ``softmax(kappa * scores / tau)`` mask) and
     ``straight_through`` (the Gumbel-top-k hard mask forward, the relaxed mask's gradient).
     """
+    if _is_batched_key(key):
+        one = lambda key, s, v: document_log_mask(key, s, k, tau=tau, kappa=kappa,
+                                                  candidate_valid=v, relaxation=relaxation)
+        return jax.vmap(one)(key, scores, candidate_valid)
     if relaxation == "l2x":
         return ops.log_relaxed_topk(key, scores, k, tau=tau, kappa=kappa, where=candidate_valid)
     if relaxation == "subset":
@@ -51,7 +70,7 @@ def g_rerank_loss(key, scores, reader, memory, memory_valid, answer_ids, answer_
     """Mean over questions (and Gumbel draws) of the answer's per-token NLL under the mask.
 
     Args:
-      key: PRNG key for this batch (per-question keys are folded in by the caller if wanted).
+      key: one PRNG key for the batch, or ``[batch]`` per-question keys.
       scores: ``[batch, docs]`` reranker scores; the only input that carries a gradient.
       reader: a frozen ``FiDReader``.
       memory, memory_valid: the reader's encoder output for the batch (computed once and
@@ -77,7 +96,12 @@ def g_rerank_loss(key, scores, reader, memory, memory_valid, answer_ids, answer_
 
     if num_samples == 1:
         return one_draw(key)
-    return jax.vmap(one_draw)(jax.random.split(key, num_samples)).mean()
+    if _is_batched_key(key):  # [batch] -> [samples, batch]
+        draw_keys = jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, num_samples))(key),
+                                 0, 1)
+    else:
+        draw_keys = jax.random.split(key, num_samples)
+    return jax.vmap(one_draw)(draw_keys).mean()
 
 
 # --- Baselines (Atlas semantics; Izacard et al., 2023) -----------------------------------

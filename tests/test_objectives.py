@@ -84,3 +84,21 @@ def test_remat_changes_nothing(setup):
     rematted = jax.value_and_grad(lambda s: loss(remat_reader, s))(scores)
     np.testing.assert_allclose(rematted[0], plain[0], rtol=1e-6)
     np.testing.assert_allclose(rematted[1], plain[1], rtol=1e-5, atol=1e-7)
+
+
+def test_per_example_noise_does_not_depend_on_batch_composition(setup):
+    from gumbel_jax.objectives import per_example_keys
+
+    scores = jax.random.normal(jax.random.key(11), (2, 5))
+    valid = setup[-1]
+    step_key = jax.random.key(12)
+    keys = per_example_keys(step_key, jnp.array([7, 3]))
+    both = document_log_mask(keys, scores, 2, tau=0.5, kappa=1.0, candidate_valid=valid)
+    swapped = document_log_mask(keys[::-1], scores[::-1], 2, tau=0.5, kappa=1.0,
+                                candidate_valid=valid[::-1])
+    np.testing.assert_array_equal(both, swapped[::-1])
+    alone = document_log_mask(per_example_keys(step_key, jnp.array([3])), scores[1:], 2,
+                              tau=0.5, kappa=1.0, candidate_valid=valid[1:])
+    np.testing.assert_array_equal(both[1:], alone)
+    loss = _loss(setup, scores, keys, num_samples=2)
+    assert np.isfinite(float(loss))
