@@ -4,10 +4,13 @@ state, config), and a clear stop on a non-finite loss."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import pathlib
+import signal
+import threading
 import time
 
 import jax
@@ -15,12 +18,27 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from gumbel_jax import sharding
 from gumbel_jax.training.config import TrainConfig
 from gumbel_jax.training.step import make_optimizer, make_train_step
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """A flag set by SIGTERM (preemption) while training; the previous handler comes back."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signals can only be handled on the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManager:
@@ -31,14 +49,17 @@ def _manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManage
 
 
 def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
-          stop_at: int | None = None) -> dict:
+          stop_at: int | None = None, mesh=None) -> dict:
     """Train ``ranker`` (a Flax NNX module, updated in place at the end) against the frozen
     ``reader`` on batches from ``dataset`` (a grain IterDataset).
 
     Resumes automatically from the latest complete checkpoint in ``workdir`` (a half-written
     one is ignored by orbax): parameters, optimizer state and the data iterator continue
     exactly, and the per-step keys are ``fold_in(seed key, step)``, so N + N steps equal 2N.
-    ``stop_at`` ends the run after that step with a checkpoint, as a preemption would.
+    ``stop_at`` ends the run after that step with a checkpoint, as a preemption would. A
+    SIGTERM does the same after the step in flight (``metrics["preempted"]`` is True).
+    With a ``mesh`` (``gumbel_jax.sharding.make_mesh``) batches are split over its
+    (data, fsdp) axes and the states replicated; a restore lands on whatever mesh is given.
     Returns the last step's metrics.
     """
     workdir = pathlib.Path(workdir)
@@ -56,12 +77,16 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
             data=ocp.args.JsonRestore()))
         params, opt_state = restored["state"]["params"], restored["state"]["opt_state"]
         iterator.set_state(restored["data"])
+    if mesh is not None:
+        params, opt_state, reader_state = sharding.replicate((params, opt_state, reader_state),
+                                                             mesh)
+    place = (lambda b: sharding.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
     train_step = make_train_step(ranker_graph, reader_graph, tx, config.objective)
     base_key = jax.random.key(config.seed)
     metrics = {}
-    with open(workdir / "metrics.jsonl", "a") as log:
+    with open(workdir / "metrics.jsonl", "a") as log, _sigterm_flag() as preempted:
         for step in range(start, config.num_steps):
-            batch = next(iterator)
+            batch = place(next(iterator))
             started = time.perf_counter()
             params, opt_state, out = train_step(params, opt_state, reader_state, batch,
                                                 jax.random.fold_in(base_key, step))
@@ -73,7 +98,9 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss ({loss}) at step {step + 1}; "
                                          f"metrics up to it are in {workdir / 'metrics.jsonl'}")
-            last = step + 1 == config.num_steps or step + 1 == stop_at
+            if preempted.is_set():
+                metrics["preempted"] = True
+            last = step + 1 in (config.num_steps, stop_at) or preempted.is_set()
             if (step + 1) % config.checkpoint_every == 0 or last:
                 _save(manager, step + 1, params, opt_state, iterator, config)
             if last:

@@ -1,0 +1,45 @@
+"""Train a reranker: ``python -m experiments.train --config FILE --workdir DIR [--set k=v]``.
+
+Resumes automatically from DIR; evaluates at the end (DIR/eval.json, eval.md,
+eval_predictions.jsonl); metrics per step in DIR/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from experiments.cli import fail, load_config
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. train.objective.tau=0.3")
+    p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
+                   help="device mesh sizes, e.g. 8,1,1 (default: no mesh, one device)")
+    args = p.parse_args(argv)
+    from gumbel_jax.data.validation import DataError
+    from gumbel_jax.training.experiment import run_training
+    from gumbel_jax.training.loop import NonFiniteLossError
+
+    try:
+        config = load_config(args.config, args.set)
+        mesh = None
+        if args.mesh:
+            from gumbel_jax.sharding import make_mesh
+
+            data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
+            mesh = make_mesh(data=data, fsdp=fsdp, tensor=tensor)
+        metrics = run_training(config, args.workdir, mesh=mesh)
+    except (ValueError, DataError, NonFiniteLossError, FileNotFoundError) as error:
+        return fail(str(error))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

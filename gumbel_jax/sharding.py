@@ -1,0 +1,54 @@
+"""Device mesh and shardings: one mesh with axes (data, fsdp, tensor); batches split over
+(data, fsdp); parameters replicated (the reranker is small; FSDP / tensor rules for its
+parameters are future work and would go in ``PARAMETER_RULES``)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(*, data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over ``devices`` (default: all); -1 takes the rest."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError("at most one mesh axis may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices do not divide into fsdp x tensor = {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs "
+                         f"{int(np.prod(sizes))} devices, have {len(devices)}")
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % shards:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {shards} batch "
+                         "shards (data x fsdp) of the mesh")
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Split every array of a host batch along its first axis over (data, fsdp)."""
+    check_batch_size(len(next(iter(batch.values()))), mesh)
+    return jax.device_put(batch, batch_sharding(mesh))
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, replicated(mesh))

@@ -1,0 +1,95 @@
+"""Evaluation: rank each question's candidates with the reranker, then let the reader read the
+hard top-k. Ranking metrics over gold and over indirect (bridge) passages, EM / F1 of the
+generated answers, and per-question predictions so any metric can be recomputed later."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gumbel_jax import metrics, ops
+
+
+def _stack(examples):
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32,
+             tokenizer=None, max_answer_length: int = 16) -> dict:
+    """Metrics and predictions over ``records`` (a list of ``Record``s).
+
+    With a ``tokenizer`` (the reader's) the reader generates an answer from the reranker's
+    hard top-k and EM / F1 are reported; without one, ranking metrics only.
+    """
+    ranker_graph, ranker_params = nnx.split(ranker)
+    reader_graph, reader_state = nnx.split(reader)
+
+    @jax.jit
+    def scores_and_answers(ranker_params, reader_state, batch):
+        scores = nnx.merge(ranker_graph, ranker_params)(batch["ranker_ids"],
+                                                        batch["ranker_mask"])
+        scores = jnp.where(batch["doc_valid"], scores, jnp.finfo(jnp.float32).min)
+        if tokenizer is None:
+            return scores, None
+        hard = ops.topk_mask(scores, k, where=batch["doc_valid"])
+        answer = nnx.merge(reader_graph, reader_state).generate(
+            batch["reader_ids"], batch["reader_mask"], ops.mask_to_log_mask(hard),
+            max_length=max_answer_length)
+        return scores, answer
+
+    per_question, predictions = [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        examples = [featurize(r) for r in chunk]
+        padded = examples + [examples[-1]] * (batch_size - len(examples))  # one shape
+        scores, answers = scores_and_answers(ranker_params, reader_state, _stack(padded))
+        scores = np.asarray(scores)
+        for row, (record, example) in enumerate(zip(chunk, examples, strict=True)):
+            result, prediction = _score_question(record, example, scores[row], k)
+            if answers is not None:
+                text = tokenizer.decode(np.asarray(answers[row]), skip_special_tokens=True)
+                prediction["answer"] = text
+                result["em"] = metrics.exact_match(text, record.answers)
+                result["f1"] = metrics.f1_score(text, record.answers)
+            per_question.append(result)
+            predictions.append(prediction)
+    summary = {name: float(np.nanmean([q[name] for q in per_question]))
+               for name in per_question[0]} if per_question else {}
+    summary["num_questions"] = len(per_question)
+    return {"metrics": summary, "predictions": predictions}
+
+
+def _score_question(record, example, scores, k):
+    valid = example["doc_valid"]
+    gold, indirect = example["gold"], example["indirect"]
+    order = np.argsort(-np.where(valid, scores, -np.inf), kind="stable")
+    result = {
+        f"recall@{k}": metrics.recall_at_k(scores, gold, k, valid),
+        f"ndcg@{k}": metrics.ndcg_at_k(scores, gold, k, valid),
+        "mrr": metrics.mrr(scores, gold, valid),
+        f"indirect_recall@{k}": metrics.recall_at_k(scores, indirect, k, valid),
+        f"indirect_ndcg@{k}": metrics.ndcg_at_k(scores, indirect, k, valid),
+        "indirect_mrr": metrics.mrr(scores, indirect, valid),
+    }
+    prediction = {"id": record.id, "ranking": [int(i) for i in order if valid[i]],
+                  "scores": [float(s) for s in scores[: int(valid.sum())]]}
+    return result, prediction
+
+
+def write_evaluation(workdir, results: dict, *, name: str = "eval") -> None:
+    """``{name}.json`` (metrics), ``{name}.md`` (a table) and ``{name}_predictions.jsonl``."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    summary = results["metrics"]
+    (workdir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rows = "\n".join(f"| {key} | {value:.4f} |" if isinstance(value, float) else
+                     f"| {key} | {value} |" for key, value in summary.items())
+    (workdir / f"{name}.md").write_text(f"| metric | value |\n|---|---|\n{rows}\n")
+    with open(workdir / f"{name}_predictions.jsonl", "w") as handle:
+        for prediction in results["predictions"]:
+            handle.write(json.dumps(prediction) + "\n")
