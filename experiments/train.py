@@ -20,12 +20,19 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.objective.tau=0.3")
     p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
-                   help="device mesh sizes, e.g. 8,1,1 (default: no mesh, one device)")
+                   help="device mesh sizes, e.g. 8,1,1 or -1,1,1 (default: one device)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() first (TPU VM pods "
+                        "and multi-node GPU clusters detect their coordinator themselves)")
     args = p.parse_args(argv)
     from gumbel_jax.data.validation import DataError
     from gumbel_jax.training.experiment import run_training
     from gumbel_jax.training.loop import NonFiniteLossError
 
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
     try:
         config = load_config(args.config, args.set)
         mesh = None

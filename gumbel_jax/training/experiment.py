@@ -41,7 +41,8 @@ class ModelConfig:
     d_model: int = 32
     num_layers: int = 2
     num_heads: int = 4
-    dma: str = "bias"
+    dma: str = "bias"  # document-masked attention: bias | blockwise
+    dtype: str = "float32"  # compute dtype (bfloat16 on accelerators); params stay float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,23 +99,26 @@ def _tokenizers(config: ExperimentConfig, train_records, eval_records):
 
 
 def _models(config: ModelConfig, vocab_size: int):
+    import jax.numpy as jnp
+
     from gumbel_jax.models import FiDReader, RankT5, T5Config
 
+    dtype = jnp.dtype(config.dtype)
+    tiny = dict(dtype=dtype, vocab_size=vocab_size, d_model=config.d_model,
+                d_kv=config.d_model // config.num_heads, d_ff=2 * config.d_model,
+                num_layers=config.num_layers, num_heads=config.num_heads)
     if config.reader == "tiny":
-        size = dict(vocab_size=vocab_size, d_model=config.d_model, d_kv=config.d_model //
-                    config.num_heads, d_ff=2 * config.d_model, num_layers=config.num_layers,
-                    num_decoder_layers=config.num_layers, num_heads=config.num_heads)
-        reader = FiDReader.random(T5Config(**size), seed=0, method=config.dma)
+        reader = FiDReader.random(T5Config(**tiny, num_decoder_layers=config.num_layers),
+                                  seed=0, method=config.dma)
     else:
-        reader = FiDReader.from_pretrained(config.reader, method=config.dma)
+        reader = FiDReader.from_pretrained(config.reader, dtype=dtype, method=config.dma)
     if config.reranker == "tiny":
-        size = dict(vocab_size=vocab_size, d_model=config.d_model, d_kv=config.d_model //
-                    config.num_heads, d_ff=2 * config.d_model, num_layers=config.num_layers,
-                    num_decoder_layers=1, num_heads=config.num_heads,
-                    feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-        ranker = RankT5.random(T5Config(**size), seed=1, score_token_id=config.score_token_id)
+        ranker_config = T5Config(**tiny, num_decoder_layers=1, feed_forward_proj="gated-gelu",
+                                 tie_word_embeddings=False)
+        ranker = RankT5.random(ranker_config, seed=1, score_token_id=config.score_token_id)
     else:
-        ranker = RankT5.from_pretrained(config.reranker, score_token_id=config.score_token_id)
+        ranker = RankT5.from_pretrained(config.reranker, dtype=dtype,
+                                        score_token_id=config.score_token_id)
     return reader, ranker
 
 

@@ -84,6 +84,8 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     train_step = make_train_step(ranker_graph, reader_graph, tx, config.objective)
     base_key = jax.random.key(config.seed)
     metrics = {}
+    progress = _progress(start, config.num_steps)
+    events = _tensorboard(workdir)
     with open(workdir / "metrics.jsonl", "a") as log, _sigterm_flag() as preempted:
         for step in range(start, config.num_steps):
             batch = place(next(iterator))
@@ -95,6 +97,11 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
                        "step_s": time.perf_counter() - started}
             log.write(json.dumps(metrics) + "\n")
             log.flush()
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{1 / metrics['step_s']:.1f}")
+            if events is not None:
+                events.add_scalar("train/loss", loss, step + 1)
+                events.add_scalar("train/grad_norm", metrics["grad_norm"], step + 1)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss ({loss}) at step {step + 1}; "
                                          f"metrics up to it are in {workdir / 'metrics.jsonl'}")
@@ -105,9 +112,34 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
                 _save(manager, step + 1, params, opt_state, iterator, config)
             if last:
                 break
+    progress.close()
+    if events is not None:
+        events.close()
     manager.close()
     nnx.update(ranker, params)
     return metrics
+
+
+def _progress(start: int, total: int):
+    """A terminal progress bar with loss and throughput (quiet when not a terminal)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
+
+
+def _tensorboard(workdir: pathlib.Path):
+    """A TensorBoard event writer when tensorboard is installed (through tensorboardX or
+    torch); None otherwise. Metrics always go to metrics.jsonl as well."""
+    for module in ("tensorboardX", "torch.utils.tensorboard"):
+        try:
+            writer = __import__(module, fromlist=["SummaryWriter"]).SummaryWriter
+        except ImportError:
+            continue
+        return writer(str(workdir / "tensorboard"))
+    return None
 
 
 def _save(manager, step, params, opt_state, iterator, config):

@@ -202,3 +202,25 @@ def test_sharded_training_equals_single_device_and_restores_onto_another_mesh(se
         from gumbel_jax.sharding import check_batch_size
 
         check_batch_size(6, make_mesh(data=8))
+
+
+def test_train_step_compiles_once_for_same_shaped_batches(setup):
+    """R10: the jitted step is traced once for every batch of one shape."""
+    import optax
+
+    from gumbel_jax.training.step import make_train_step
+
+    records, featurize, reader_cfg, ranker_cfg = setup
+    reader = FiDReader.random(reader_cfg, seed=0)
+    ranker = RankT5.random(ranker_cfg, seed=1, score_token_id=5)
+    ranker_graph, params = nnx.split(ranker)
+    reader_graph, reader_state = nnx.split(reader)
+    tx = optax.adam(1e-3)
+    opt_state = tx.init(params)
+    step = make_train_step(ranker_graph, reader_graph, tx, CONFIG.objective)
+    batches = iter(make_dataset(records, featurize, batch_size=4, seed=0, shard_index=0,
+                                shard_count=1))
+    for i in range(3):
+        params, opt_state, _ = step(params, opt_state, reader_state, next(batches),
+                                    jax.random.fold_in(jax.random.key(0), i))
+    assert step._cache_size() == 1
