@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import signal
 import threading
@@ -86,7 +87,10 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     metrics = {}
     progress = _progress(start, config.num_steps)
     events = _tensorboard(workdir)
-    with open(workdir / "metrics.jsonl", "a") as log, _sigterm_flag() as preempted:
+    # Every process trains; only the first writes the metrics file (orbax coordinates the
+    # checkpoint writes of all processes itself).
+    metrics_path = workdir / "metrics.jsonl" if jax.process_index() == 0 else os.devnull
+    with open(metrics_path, "a") as log, _sigterm_flag() as preempted:
         for step in range(start, config.num_steps):
             batch = place(next(iterator))
             started = time.perf_counter()
