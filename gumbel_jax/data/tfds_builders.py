@@ -31,6 +31,15 @@ SPLIT_FILES = {
 }
 
 
+def _record_info(builder, description: str):
+    """One example = the record's id and its JSON bytes."""
+    return tfds.core.DatasetInfo(
+        builder=builder, description=description,
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(),
+            "record": tfds.features.Scalar(dtype=np.object_)}))
+
+
 class _RecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared machinery: records as JSON bytes, keyed by their position in the file."""
 
@@ -45,11 +54,7 @@ class _RecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self, description=f"{self.DATASET} as gumbel_jax records (FiD schema).",
-            features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(),
-                "record": tfds.features.Scalar(dtype=np.object_)}))
+        return _record_info(self, f"{self.DATASET} as gumbel_jax records (FiD schema).")
 
     def _split_generators(self, dl_manager):
         if self.source_dir is None or not self.source_dir.is_dir():
@@ -105,11 +110,7 @@ class GjSynthetic(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self, description="Synthetic two-hop questions (gumbel_jax).",
-            features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(),
-                "record": tfds.features.Scalar(dtype=np.object_)}))
+        return _record_info(self, "Synthetic two-hop questions (gumbel_jax).")
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split, seed)
