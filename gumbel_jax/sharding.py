@@ -1,6 +1,6 @@
 """Device mesh and shardings: one mesh with axes (data, fsdp, tensor); batches split over
-(data, fsdp); parameters replicated (the reranker is small; FSDP / tensor rules for its
-parameters are future work and would go in ``PARAMETER_RULES``)."""
+(data, fsdp); parameters by the logical axis names the models give them, through one rules
+table (``PARAMETER_RULES``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+
+# Logical parameter axis (named in gumbel_jax/models) -> mesh axis. Unnamed axes replicate.
+PARAMETER_RULES = {
+    "embed": "fsdp",  # model width: split parameters (and optimizer state) over fsdp
+    "mlp": "tensor",  # feed-forward width: tensor parallel
+    "heads": "tensor",  # attention heads x head dim
+    "vocab": "tensor",
+}
 
 
 def make_mesh(*, data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
@@ -52,3 +60,28 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
+
+
+def _mesh_spec(logical_spec, shape, mesh: Mesh) -> PartitionSpec:
+    """Logical names -> mesh axes; an axis not divisible by its mesh axis stays whole."""
+    axes = []
+    for name, size in zip(tuple(logical_spec) + (None,) * len(shape), shape, strict=False):
+        axis = PARAMETER_RULES.get(name) if name else None
+        axes.append(axis if axis and size % mesh.shape[axis] == 0 else None)
+    return PartitionSpec(*axes)
+
+
+def parameter_shardings(state, mesh: Mesh):
+    """NamedShardings for an ``nnx.State`` of parameters, from their logical axis names."""
+    from flax import nnx
+
+    specs = nnx.get_partition_spec(state)
+    is_spec = lambda x: isinstance(x, PartitionSpec)
+    return jax.tree.map(lambda spec, leaf: NamedSharding(mesh, _mesh_spec(spec, leaf.shape,
+                                                                          mesh)),
+                        specs, state, is_leaf=is_spec)
+
+
+def shard_parameters(state, mesh: Mesh):
+    """Place a parameter state on the mesh by ``PARAMETER_RULES``."""
+    return jax.device_put(state, parameter_shardings(state, mesh))

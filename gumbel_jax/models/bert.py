@@ -10,12 +10,11 @@ import dataclasses
 import os
 from typing import Any, Literal
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from gumbel_jax.models.attention import dot_attention, padding_bias
-from gumbel_jax.models.layers import LayerNorm, activation, dense, remat_call
+from gumbel_jax.models.layers import LayerNorm, activation, dense, embedding, remat_call
 
 Family = Literal["bert", "roberta"]
 
@@ -54,13 +53,17 @@ class BertLayer(nnx.Module):
     def __init__(self, config: BertConfig, rngs: nnx.Rngs):
         hidden, dt = config.hidden_size, config.dtype
         self.heads = config.num_attention_heads
-        self.query = dense(hidden, hidden, rngs, use_bias=True, dtype=dt)
-        self.key = dense(hidden, hidden, rngs, use_bias=True, dtype=dt)
-        self.value = dense(hidden, hidden, rngs, use_bias=True, dtype=dt)
-        self.attention_output = dense(hidden, hidden, rngs, use_bias=True, dtype=dt)
+        into, out_of = ("embed", "heads"), ("heads", "embed")
+        self.query = dense(hidden, hidden, rngs, use_bias=True, dtype=dt, axes=into)
+        self.key = dense(hidden, hidden, rngs, use_bias=True, dtype=dt, axes=into)
+        self.value = dense(hidden, hidden, rngs, use_bias=True, dtype=dt, axes=into)
+        self.attention_output = dense(hidden, hidden, rngs, use_bias=True, dtype=dt,
+                                      axes=out_of)
         self.attention_norm = LayerNorm(hidden, eps=config.layer_norm_eps, dtype=dt)
-        self.intermediate = dense(hidden, config.intermediate_size, rngs, use_bias=True, dtype=dt)
-        self.output = dense(config.intermediate_size, hidden, rngs, use_bias=True, dtype=dt)
+        self.intermediate = dense(hidden, config.intermediate_size, rngs, use_bias=True,
+                                  dtype=dt, axes=("embed", "mlp"))
+        self.output = dense(config.intermediate_size, hidden, rngs, use_bias=True, dtype=dt,
+                            axes=("mlp", "embed"))
         self.output_norm = LayerNorm(hidden, eps=config.layer_norm_eps, dtype=dt)
         self.act = activation(config.hidden_act)
 
@@ -82,10 +85,9 @@ class BertEncoder(nnx.Module):
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.config = config
-        init = jax.nn.initializers.normal(0.02)
-        embed = lambda n: nnx.Embed(n, config.hidden_size, dtype=config.dtype,
-                                    param_dtype=jnp.float32, embedding_init=init, rngs=rngs)
-        self.word_embeddings = embed(config.vocab_size)
+        embed = lambda n, axes=None: embedding(n, config.hidden_size, rngs, dtype=config.dtype,
+                                               std=0.02, axes=axes)
+        self.word_embeddings = embed(config.vocab_size, ("vocab", "embed"))
         self.position_embeddings = embed(config.max_position_embeddings)
         self.token_type_embeddings = embed(config.type_vocab_size)
         self.embedding_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps,

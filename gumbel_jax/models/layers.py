@@ -43,12 +43,28 @@ class LayerNorm(nnx.Module):
         return (normed * self.scale[...] + self.bias[...]).astype(self.dtype)
 
 
+def logical(init, axes: tuple | None):
+    """Attach logical axis names (``gumbel_jax.sharding.PARAMETER_RULES`` maps them to the
+    mesh) without sharding at creation, so models build the same with or without a mesh."""
+    if axes is None:
+        return init
+    return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
 def dense(in_features: int, out_features: int, rngs: nnx.Rngs, *, use_bias: bool = False,
-          dtype=jnp.float32, std: float | None = None) -> nnx.Linear:
-    """A Linear layer computing in ``dtype`` with float32 parameters."""
+          dtype=jnp.float32, std: float | None = None, axes: tuple | None = None
+          ) -> nnx.Linear:
+    """A Linear layer computing in ``dtype`` with float32 parameters; ``axes`` names the
+    kernel's (in, out) logical axes."""
     init = jax.nn.initializers.normal(std if std is not None else in_features**-0.5)
     return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
-                      param_dtype=jnp.float32, kernel_init=init, rngs=rngs)
+                      param_dtype=jnp.float32, kernel_init=logical(init, axes), rngs=rngs)
+
+
+def embedding(num: int, features: int, rngs: nnx.Rngs, *, dtype=jnp.float32, std: float,
+              axes: tuple | None = None) -> nnx.Embed:
+    return nnx.Embed(num, features, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+                     embedding_init=logical(jax.nn.initializers.normal(std), axes))
 
 
 ACTIVATIONS = {

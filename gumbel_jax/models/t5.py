@@ -7,7 +7,6 @@ import dataclasses
 import math
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -19,7 +18,14 @@ from gumbel_jax.models.attention import (
     dot_attention,
     padding_bias,
 )
-from gumbel_jax.models.layers import RMSNorm, activation, dense, remat_call, upcast
+from gumbel_jax.models.layers import (
+    RMSNorm,
+    activation,
+    dense,
+    embedding,
+    remat_call,
+    upcast,
+)
 from gumbel_jax.ops import mask_value
 
 
@@ -104,11 +110,12 @@ class T5Attention(nnx.Module):
         inner = config.num_heads * config.d_kv
         self.heads, self.head_dim = config.num_heads, config.d_kv
         self.implementation = implementation
+        into, out_of = ("embed", "heads"), ("heads", "embed")
         self.q = dense(config.d_model, inner, rngs, dtype=config.dtype,
-                       std=(config.d_model * config.d_kv) ** -0.5)
-        self.k = dense(config.d_model, inner, rngs, dtype=config.dtype)
-        self.v = dense(config.d_model, inner, rngs, dtype=config.dtype)
-        self.o = dense(inner, config.d_model, rngs, dtype=config.dtype)
+                       std=(config.d_model * config.d_kv) ** -0.5, axes=into)
+        self.k = dense(config.d_model, inner, rngs, dtype=config.dtype, axes=into)
+        self.v = dense(config.d_model, inner, rngs, dtype=config.dtype, axes=into)
+        self.o = dense(inner, config.d_model, rngs, dtype=config.dtype, axes=out_of)
 
     def _split(self, x):
         return x.reshape(*x.shape[:-1], self.heads, self.head_dim)
@@ -135,14 +142,16 @@ class T5Attention(nnx.Module):
 
 class T5FeedForward(nnx.Module):
     def __init__(self, config: T5Config, rngs: nnx.Rngs):
+        into = ("embed", "mlp")
         self.gated = config.is_gated
         self.act = activation(config.activation_name)
         if self.gated:
-            self.wi_0 = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype)
-            self.wi_1 = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype)
+            self.wi_0 = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype, axes=into)
+            self.wi_1 = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype, axes=into)
         else:
-            self.wi = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype)
-        self.wo = dense(config.d_ff, config.d_model, rngs, dtype=config.dtype)
+            self.wi = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype, axes=into)
+        self.wo = dense(config.d_ff, config.d_model, rngs, dtype=config.dtype,
+                        axes=("mlp", "embed"))
 
     def __call__(self, x):
         hidden = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
@@ -187,9 +196,9 @@ class T5Stack(nnx.Module):
         num_layers = config.num_decoder_layers if is_decoder else config.num_layers
         self.layers = nnx.List([T5Block(config, rngs, is_decoder=is_decoder)
                                 for _ in range(num_layers)])
-        self.relative_attention_bias = nnx.Embed(
-            config.relative_attention_num_buckets, config.num_heads, param_dtype=jnp.float32,
-            embedding_init=jax.nn.initializers.normal(config.d_model**-0.5), rngs=rngs)
+        self.relative_attention_bias = embedding(
+            config.relative_attention_num_buckets, config.num_heads, rngs,
+            std=config.d_model**-0.5)
         self.final_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon,
                                   dtype=config.dtype)
 
@@ -230,13 +239,13 @@ class T5EncoderDecoder(nnx.Module):
 
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.config = config
-        self.shared = nnx.Embed(config.vocab_size, config.d_model, dtype=config.dtype,
-                                param_dtype=jnp.float32,
-                                embedding_init=jax.nn.initializers.normal(1.0), rngs=rngs)
+        self.shared = embedding(config.vocab_size, config.d_model, rngs, dtype=config.dtype,
+                                std=1.0, axes=("vocab", "embed"))
         self.encoder = T5Stack(config, rngs, is_decoder=False)
         self.decoder = T5Stack(config, rngs, is_decoder=True)
         if not config.tie_word_embeddings:
-            self.lm_head = dense(config.d_model, config.vocab_size, rngs, dtype=config.dtype)
+            self.lm_head = dense(config.d_model, config.vocab_size, rngs, dtype=config.dtype,
+                                 axes=("embed", "vocab"))
 
     def encode(self, input_ids, attention_mask):
         """``[batch, len]`` ids and boolean mask -> ``[batch, len, d_model]``."""

@@ -71,6 +71,8 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     opt_state = tx.init(params)
     iterator = iter(dataset)
     manager = _manager(workdir, config)
+    if mesh is not None:  # from the fresh state, which carries the logical axis names
+        param_shardings = sharding.parameter_shardings(params, mesh)
     start = manager.latest_step() or 0
     if start:
         restored = manager.restore(start, args=ocp.args.Composite(
@@ -79,8 +81,14 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
         params, opt_state = restored["state"]["params"], restored["state"]["opt_state"]
         iterator.set_state(restored["data"])
     if mesh is not None:
-        params, opt_state, reader_state = sharding.replicate((params, opt_state, reader_state),
-                                                             mesh)
+        params = jax.device_put(params, param_shardings)
+        reader_state = sharding.shard_parameters(reader_state, mesh)
+        # Optimizer state built from the placed parameters is sharded alike; a restored one
+        # is moved onto those shardings.
+        placed = jax.jit(tx.init)(params)
+        on_mesh = lambda x: (x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding)
+                             else sharding.replicated(mesh))  # e.g. the step count
+        opt_state = jax.device_put(opt_state, jax.tree.map(on_mesh, placed))
     place = (lambda b: sharding.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
     train_step = make_train_step(ranker_graph, reader_graph, tx, config.objective)
     base_key = jax.random.key(config.seed)

@@ -172,8 +172,8 @@ def test_evaluation_metrics_and_predictions(setup, tmp_path):
 
 
 def test_sharded_training_equals_single_device_and_restores_onto_another_mesh(setup, tmp_path):
-    """8 simulated devices (data=8, then data=4 x fsdp=2 after a restart) give the same
-    losses and parameters as one device (R16, R20); Gumbel noise is per example."""
+    """8 simulated devices (data=8, then data=2 x fsdp=2 x tensor=2 with sharded parameters
+    after a restart) give the same losses and parameters as one device (R16, R20)."""
     from gumbel_jax.sharding import make_mesh
 
     if len(jax.devices()) < 8:
@@ -192,12 +192,19 @@ def test_sharded_training_equals_single_device_and_restores_onto_another_mesh(se
 
     single = run(tmp_path / "single", None)
     run(tmp_path / "sharded", make_mesh(data=8), stop_at=2)
-    resharded = run(tmp_path / "sharded", make_mesh(data=4, fsdp=2))
+    resharded = run(tmp_path / "sharded", make_mesh(data=2, fsdp=2, tensor=2))
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(resharded), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
     losses = lambda d: [json.loads(x)["loss"] for x in open(d / "metrics.jsonl")]
     np.testing.assert_allclose(losses(tmp_path / "sharded"), losses(tmp_path / "single"),
                                rtol=1e-5)
+    from gumbel_jax.sharding import parameter_shardings
+
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    ranker = RankT5.random(ranker_cfg, seed=1, score_token_id=5)
+    shardings = parameter_shardings(nnx.state(ranker), mesh)
+    kernel = shardings["t5"]["encoder"]["layers"][0]["mlp"]["wi_0"]["kernel"]
+    assert kernel.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
         from gumbel_jax.sharding import check_batch_size
 
