@@ -62,7 +62,7 @@ def make_step(reader, ranker, tx, *, k, tau, kappa, num_samples):
         updates, opt_state = tx.update(grads, opt_state, ranker_params)
         return optax.apply_updates(ranker_params, updates), opt_state, loss
 
-    return step, reader_state, loss_fn
+    return step, reader_state
 
 
 def run(args) -> dict:
@@ -73,7 +73,7 @@ def run(args) -> dict:
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5))
     _, ranker_params = nnx.split(ranker)
     opt_state = tx.init(ranker_params)
-    step, reader_state, _ = make_step(reader, ranker, tx, k=args.k, tau=0.5, kappa=1.0,
+    step, reader_state = make_step(reader, ranker, tx, k=args.k, tau=0.5, kappa=1.0,
                                       num_samples=args.num_samples)
     state = {"params": ranker_params, "opt": opt_state, "step": 0}
 

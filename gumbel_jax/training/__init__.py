@@ -8,7 +8,7 @@ from gumbel_jax.training.config import (
     validate,
 )
 from gumbel_jax.training.loop import NonFiniteLossError, train
-from gumbel_jax.training.step import make_score_step, make_train_step, objective_loss
+from gumbel_jax.training.step import make_train_step, objective_loss
 
 __all__ = [
     "NonFiniteLossError",
@@ -16,7 +16,6 @@ __all__ = [
     "OptimizerConfig",
     "TrainConfig",
     "apply_overrides",
-    "make_score_step",
     "make_train_step",
     "objective_loss",
     "train",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -84,13 +83,3 @@ def make_train_step(ranker_graph, reader_graph, tx, config: ObjectiveConfig):
 
     return train_step
 
-
-def make_score_step(ranker_graph):
-    """``scores(params, batch) -> [batch, docs]`` (padded candidates get -inf-like scores)."""
-
-    @jax.jit
-    def score_step(params, batch):
-        scores = nnx.merge(ranker_graph, params)(batch["ranker_ids"], batch["ranker_mask"])
-        return jnp.where(batch["doc_valid"], scores, jnp.finfo(jnp.float32).min)
-
-    return score_step
