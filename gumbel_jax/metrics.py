@@ -46,7 +46,8 @@ def contains_answer(text: str, answers: Iterable[str]) -> bool:
     return any(f" {n} " in padded for n in map(normalize_answer, answers) if n)
 
 
-def _ranked(scores: Sequence[float], valid: Sequence[bool] | None) -> np.ndarray:
+def ranking(scores: Sequence[float], valid: Sequence[bool] | None = None) -> np.ndarray:
+    """Candidate indices from best to worst; invalid candidates last."""
     scores = np.asarray(scores, np.float64)
     if valid is not None:
         scores = np.where(np.asarray(valid, bool), scores, -np.inf)
@@ -58,14 +59,14 @@ def recall_at_k(scores, relevant, k: int, valid=None) -> float:
     relevant = np.asarray(relevant, bool)
     if not relevant.any():
         return float("nan")
-    return float(relevant[_ranked(scores, valid)[:k]].sum() / relevant.sum())
+    return float(relevant[ranking(scores, valid)[:k]].sum() / relevant.sum())
 
 
 def ndcg_at_k(scores, relevant, k: int, valid=None) -> float:
     relevant = np.asarray(relevant, bool)
     if not relevant.any():
         return float("nan")
-    gains = relevant[_ranked(scores, valid)[:k]].astype(np.float64)
+    gains = relevant[ranking(scores, valid)[:k]].astype(np.float64)
     discounts = 1.0 / np.log2(np.arange(2, len(gains) + 2))
     ideal = (discounts[: min(k, int(relevant.sum()))]).sum()
     return float((gains * discounts).sum() / ideal)
@@ -76,5 +77,5 @@ def mrr(scores, relevant, valid=None) -> float:
     relevant = np.asarray(relevant, bool)
     if not relevant.any():
         return float("nan")
-    hits = np.flatnonzero(relevant[_ranked(scores, valid)])
+    hits = np.flatnonzero(relevant[ranking(scores, valid)])
     return float(1.0 / (hits[0] + 1))

@@ -47,8 +47,7 @@ def document_log_mask(key, scores, k: int, *, tau: float, kappa: float, candidat
         mask = ops.subset_topk(key, scores, k, tau=tau, kappa=kappa, where=candidate_valid)
         return ops.mask_to_log_mask(mask)
     if relaxation == "no_noise":
-        logits = jnp.where(candidate_valid, kappa * scores / tau, ops.mask_value(scores.dtype))
-        log_mask = jax.nn.log_softmax(logits, axis=-1)
+        log_mask = _masked_log_softmax(kappa * scores / tau, candidate_valid)
         return jnp.where(candidate_valid, log_mask, ops.mask_value(scores.dtype))
     if relaxation == "straight_through":
         soft = ops.relaxed_topk(key, scores, k, tau=tau, kappa=kappa, where=candidate_valid)

@@ -58,9 +58,6 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     return jax.device_put(batch, batch_sharding(mesh))
 
 
-def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, replicated(mesh))
-
 
 def _mesh_spec(logical_spec, shape, mesh: Mesh) -> PartitionSpec:
     """Logical names -> mesh axes; an axis not divisible by its mesh axis stays whole."""

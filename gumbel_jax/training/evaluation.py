@@ -67,7 +67,7 @@ def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32
 def _score_question(record, example, scores, k):
     valid = example["doc_valid"]
     gold, indirect = example["gold"], example["indirect"]
-    order = np.argsort(-np.where(valid, scores, -np.inf), kind="stable")
+    order = metrics.ranking(scores, valid)
     result = {
         f"recall@{k}": metrics.recall_at_k(scores, gold, k, valid),
         f"ndcg@{k}": metrics.ndcg_at_k(scores, gold, k, valid),

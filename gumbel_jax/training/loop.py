@@ -60,7 +60,8 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     ``stop_at`` ends the run after that step with a checkpoint, as a preemption would. A
     SIGTERM does the same after the step in flight (``metrics["preempted"]`` is True).
     With a ``mesh`` (``gumbel_jax.sharding.make_mesh``) batches are split over its
-    (data, fsdp) axes and the states replicated; a restore lands on whatever mesh is given.
+    (data, fsdp) axes and parameters placed by ``sharding.PARAMETER_RULES``; a restore
+    lands on whatever mesh is given.
     Returns the last step's metrics.
     """
     workdir = pathlib.Path(workdir)

@@ -14,12 +14,12 @@ from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig
 
 
 def make_optimizer(config: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping; linear warm-up then cosine decay over the run."""
+    """AdamW after global-norm clipping; linear warm-up (none by default: the first step
+    already uses the full rate) then cosine decay to a tenth over the run."""
+    start = 0.0 if config.warmup_steps else config.learning_rate
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, max(config.warmup_steps, 1), max(num_steps, 2),
+        start, config.learning_rate, max(config.warmup_steps, 1), max(num_steps, 2),
         end_value=config.learning_rate * 0.1)
-    if config.warmup_steps == 0 and num_steps <= 1:
-        schedule = optax.constant_schedule(config.learning_rate)
     return optax.chain(optax.clip_by_global_norm(config.clip_norm),
                        optax.adamw(schedule, weight_decay=config.weight_decay))
 
