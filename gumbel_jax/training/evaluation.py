@@ -4,6 +4,7 @@ generated answers, and per-question predictions so any metric can be recomputed 
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 
@@ -19,6 +20,27 @@ def _stack(examples):
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
+@functools.lru_cache(maxsize=16)
+def _scorer(ranker_graph, reader_graph, k: int, max_answer_length: int, generate: bool):
+    """One jitted scoring (and answering) function per architecture and setting, shared by
+    every ``evaluate`` call, so evaluating many runs of one model compiles once."""
+
+    @jax.jit
+    def scores_and_answers(ranker_params, reader_state, batch):
+        scores = nnx.merge(ranker_graph, ranker_params)(batch["ranker_ids"],
+                                                        batch["ranker_mask"])
+        scores = jnp.where(batch["doc_valid"], scores, jnp.finfo(jnp.float32).min)
+        if not generate:
+            return scores, None
+        hard = ops.topk_mask(scores, k, where=batch["doc_valid"])
+        answer = nnx.merge(reader_graph, reader_state).generate(
+            batch["reader_ids"], batch["reader_mask"], ops.mask_to_log_mask(hard),
+            max_length=max_answer_length)
+        return scores, answer
+
+    return scores_and_answers
+
+
 def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32,
              tokenizer=None, max_answer_length: int = 16) -> dict:
     """Metrics and predictions over ``records`` (a list of ``Record``s).
@@ -28,19 +50,8 @@ def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32
     """
     ranker_graph, ranker_params = nnx.split(ranker)
     reader_graph, reader_state = nnx.split(reader)
-
-    @jax.jit
-    def scores_and_answers(ranker_params, reader_state, batch):
-        scores = nnx.merge(ranker_graph, ranker_params)(batch["ranker_ids"],
-                                                        batch["ranker_mask"])
-        scores = jnp.where(batch["doc_valid"], scores, jnp.finfo(jnp.float32).min)
-        if tokenizer is None:
-            return scores, None
-        hard = ops.topk_mask(scores, k, where=batch["doc_valid"])
-        answer = nnx.merge(reader_graph, reader_state).generate(
-            batch["reader_ids"], batch["reader_mask"], ops.mask_to_log_mask(hard),
-            max_length=max_answer_length)
-        return scores, answer
+    scores_and_answers = _scorer(ranker_graph, reader_graph, k, max_answer_length,
+                                 tokenizer is not None)
 
     per_question, predictions = [], []
     for start in range(0, len(records), batch_size):

@@ -20,22 +20,50 @@ def test_world_is_deterministic_and_splits_differ():
 
 
 def test_world_design_invariants():
+    from gumbel_jax.data.synthetic import make_world
+
+    world = make_world(CONFIG)
+    country = {city: world.countries[c] for city, c in zip(world.cities, world.country_of,
+                                                             strict=True)}
     for record in make_records(CONFIG, 100):
         roles = record.metadata["roles"]
         assert len(record.ctxs) == CONFIG.num_candidates
         assert roles.count("bridge") == 1 and roles.count("answer") == 1
-        bridge = roles.index("bridge")
-        answer = roles.index("answer")
+        assert roles.count("distractor") == CONFIG.num_born_distractors
+        bridge = record.ctxs[roles.index("bridge")].text.split()
+        answer = record.ctxs[roles.index("answer")]
         # Only the answer passage names the answer city; the bridge is gold and indirect.
         assert [p.has_answer for p in record.ctxs] == [r == "answer" for r in roles]
         assert record.indirect == [r == "bridge" for r in roles]
         assert record.gold == [r in ("bridge", "answer") for r in roles]
-        # The bridge links the question's person to the answer passage's person.
+        # The bridge links the question's person to the answer passage's person and names
+        # the answer city's country, and no city.
         subject = record.question.split()[-3]  # "Where was the mentor of S born ?"
-        assert record.ctxs[bridge].text.split()[0] == subject
-        assert record.ctxs[bridge].text.split()[-2] == record.ctxs[answer].title
-        # Without the bridge the answer is ambiguous: other "born in" passages exist.
-        assert sum("born in" in p.text for p in record.ctxs) >= 1 + CONFIG.num_born_distractors
+        assert bridge[0] == subject and bridge[3] == answer.title
+        assert bridge[-2] == country[record.answers[0]]
+        assert not set(bridge) & set(world.cities)
+        # Without the bridge the answer is ambiguous: every "born in" city other than the
+        # trap's lies in its own country, none in the answer's.
+        born = [p.text.split()[-2] for p, r in zip(record.ctxs, roles, strict=True)
+                if r == "distractor"]
+        trap = record.ctxs[roles.index("trap")].text.split()
+        assert trap[0] == subject and country[trap[-2]] != bridge[-2]
+        countries = [country[c] for c in born]
+        assert len(set(countries)) == len(countries) and bridge[-2] not in countries
+        for p, r in zip(record.ctxs, roles, strict=True):
+            if r == "false_bridge":
+                assert "studied under" in p.text and p.title != subject
+
+
+def test_world_rejects_impossible_settings():
+    from gumbel_jax.data.synthetic import make_world
+
+    with pytest.raises(ValueError, match="num_countries"):
+        make_world(WorldConfig(num_countries=3, num_born_distractors=4))
+    with pytest.raises(ValueError, match="num_candidates"):
+        make_world(WorldConfig(num_candidates=5, num_born_distractors=4))
+    with pytest.raises(ValueError, match="num_cities"):
+        make_world(WorldConfig(num_cities=6))
 
 
 @pytest.fixture(scope="module")

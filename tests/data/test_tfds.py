@@ -37,7 +37,7 @@ def test_synthetic_dataset_feeds_the_pipeline(tmp_path):
     from gumbel_jax.data.tfds_builders import GjSynthetic
     from gumbel_jax.data.tokenizer import word_level_tokenizer
 
-    world = WorldConfig(num_people=40, num_cities=8, num_candidates=8, num_born_distractors=3)
+    world = WorldConfig(num_people=40, num_cities=10, num_candidates=8, num_born_distractors=3)
     builder = GjSynthetic(world=world, num_train=12, num_validation=4,
                           data_dir=str(tmp_path))
     builder.download_and_prepare()

@@ -24,7 +24,7 @@ from gumbel_jax.training import (
 )
 from gumbel_jax.training.loop import params_equal
 
-WORLD = WorldConfig(num_people=40, num_cities=8, num_candidates=6, num_born_distractors=2)
+WORLD = WorldConfig(num_people=40, num_cities=10, num_candidates=6, num_born_distractors=2)
 
 
 @pytest.fixture(scope="module")
