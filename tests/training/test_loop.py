@@ -193,8 +193,12 @@ def test_sharded_training_equals_single_device_and_restores_onto_another_mesh(se
     single = run(tmp_path / "single", None)
     run(tmp_path / "sharded", make_mesh(data=8), stop_at=2)
     resharded = run(tmp_path / "sharded", make_mesh(data=2, fsdp=2, tensor=2))
+    # Sharded reductions add in another order (float32 rounding ~1e-7 relative in the
+    # gradients), and Adam divides by sqrt(v), which can magnify that for a tiny gradient to
+    # ~1e-4 of one update (lr = 1e-2): 1e-5 over 4 steps. A real sharding bug (a gradient
+    # not summed over devices) moves parameters by the size of an update, 1e-2.
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(resharded), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-5)
     losses = lambda d: [json.loads(x)["loss"] for x in open(d / "metrics.jsonl")]
     np.testing.assert_allclose(losses(tmp_path / "sharded"), losses(tmp_path / "single"),
                                rtol=1e-5)
