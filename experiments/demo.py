@@ -77,15 +77,32 @@ def parse_args(argv=None) -> DemoConfig:
             parser.add_argument("--methods", nargs="+", default=list(value), choices=METHODS,
                                 metavar="METHOD", help=f"any of {list(METHODS)}")
         else:
-            parser.add_argument(f"--{field.name}", type=type(value), default=value)
+            parser.add_argument(f"--{field.name}", type=type(value), default=value,
+                                help=f"default: {value}")
     args = vars(parser.parse_args(argv))
     args["methods"] = tuple(args["methods"])
     config = DemoConfig(**args)
     if config.seeds < 1 or config.reader_steps < 1 or config.ranker_steps < 1:
         parser.error("--seeds, --reader_steps and --ranker_steps must be >= 1")
-    if config.num_eval < 1 or config.num_train < config.batch_size:
-        parser.error("--num_train must be >= --batch_size and --num_eval >= 1")
+    if config.num_eval < 1 or config.batch_size < 1 or config.num_train < config.batch_size:
+        parser.error("--num_train must be >= --batch_size >= 1 and --num_eval >= 1")
+    if not 1 <= config.k <= 10 or not 2 <= config.reader_slots <= 10:
+        parser.error("--k must be in [1, 10] and --reader_slots in [2, 10] (10 candidates)")
+    try:
+        from gumbel_jax.data.synthetic import make_world
+
+        make_world(world_config(config))
+    except ValueError as error:
+        parser.error(f"the world: {error}")
     return config
+
+
+def world_config(config: DemoConfig):
+    from gumbel_jax.data.synthetic import WorldConfig
+
+    return WorldConfig(num_people=config.num_people, num_cities=config.num_cities,
+                       num_countries=config.num_countries, num_candidates=10,
+                       num_born_distractors=4)
 
 
 class Stage:
@@ -115,12 +132,10 @@ class Stage:
 
 def build_data(config: DemoConfig):
     from gumbel_jax.data.pipeline import FeatureSpec, Featurizer
-    from gumbel_jax.data.synthetic import WorldConfig, make_records
+    from gumbel_jax.data.synthetic import make_records
     from gumbel_jax.data.tokenizer import word_level_tokenizer
 
-    world = WorldConfig(num_people=config.num_people, num_cities=config.num_cities,
-                        num_countries=config.num_countries, num_candidates=10,
-                        num_born_distractors=4)
+    world = world_config(config)
     train = make_records(world, config.num_train, split_seed=0, prefix="train")
     held_out = make_records(world, config.num_eval, split_seed=1, prefix="eval")
     tokenizer = word_level_tokenizer(train + held_out)

@@ -51,6 +51,9 @@ def test_demo_rejects_bad_arguments(capsys):
     assert "--seeds" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         demo.main(["--methods", "NotAMethod"])
+    with pytest.raises(SystemExit):
+        demo.main(["--num_countries", "3"])  # 4 distractors need 4 other countries
+    assert "the world: num_countries=3" in capsys.readouterr().err
 
 
 def test_top_k_roles_counts_each_role():
