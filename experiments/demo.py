@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from gumbel_jax.data.pipeline import stack_examples
 from gumbel_jax.data.synthetic import ROLES
 
 METHODS = {  # name in the tables -> objective settings (gumbel_jax.training.ObjectiveConfig)
@@ -144,10 +145,6 @@ def build_data(config: DemoConfig):
     return train, held_out, tokenizer, featurize
 
 
-def stack(examples: list[dict]) -> dict:
-    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
-
-
 def batches(examples: list[dict], batch_size: int, seed: int):
     """Endless shuffled batches of pre-featurised examples (a grain pipeline)."""
     from gumbel_jax.data.pipeline import make_dataset
@@ -224,7 +221,7 @@ def indirect_recall(scores: np.ndarray, batch: dict, k: int) -> float:
 
 
 def train_rankers_stage(config: DemoConfig, reader, train_examples, eval_batch, held_out,
-                        featurize, tokenizer):
+                        held_out_examples: dict, tokenizer):
     """Every method x seed: train, with held-out indirect recall every ``eval_every`` steps,
     then the full evaluation. Returns per-method lists (one entry per seed)."""
     import jax
@@ -251,8 +248,7 @@ def train_rankers_stage(config: DemoConfig, reader, train_examples, eval_batch, 
     def eval_scores(params, batch):
         return nnx.merge(ranker_graph, params)(batch["ranker_ids"], batch["ranker_mask"])
 
-    cached = {record.id: featurize(record) for record in held_out}
-    featurize_cached = lambda record: cached[record.id]
+    featurized = lambda record: held_out_examples[record.id]  # featurised once, in run()
     checkpoints = list(range(0, config.ranker_steps + 1, config.eval_every))
     if checkpoints[-1] != config.ranker_steps:
         checkpoints.append(config.ranker_steps)
@@ -288,7 +284,7 @@ def train_rankers_stage(config: DemoConfig, reader, train_examples, eval_batch, 
                 raise FloatingPointError(f"{method}, seed {seed}: non-finite loss at step "
                                          f"{int(np.argmin(np.isfinite(losses))) + 1}")
             nnx.update(ranker, params)
-            result = evaluate(ranker, reader, held_out, featurize_cached, k=config.k,
+            result = evaluate(ranker, reader, held_out, featurized, k=config.k,
                               batch_size=128, tokenizer=tokenizer, max_answer_length=2)
             runs[method].append({"seed": seed, "metrics": result["metrics"],
                                  "roles": top_k_roles(result["predictions"], held_out,
@@ -310,7 +306,7 @@ def top_k_roles(predictions, records, k: int) -> dict:
     return {role: chosen[role] / total[role] for role in ROLES if total[role]}
 
 
-def summarize(runs: dict, k: int) -> dict:
+def summarize(runs: dict) -> dict:
     """mean / std / per-seed values of every metric, per method."""
     summary = {}
     for method, seeds in runs.items():
@@ -403,7 +399,8 @@ def run(config: DemoConfig) -> dict:
     stage = Stage("world: generate and tokenise", 1)
     train, held_out, tokenizer, featurize = build_data(config)
     train_examples = [featurize(record) for record in train]
-    eval_batch = stack([featurize(record) for record in held_out])
+    held_out_examples = {record.id: featurize(record) for record in held_out}
+    eval_batch = stack_examples(list(held_out_examples.values()))
     stage.update()
     timing["world_s"] = stage.close()
 
@@ -415,8 +412,8 @@ def run(config: DemoConfig) -> dict:
     timing["reader_eval_s"] = stage.close()
 
     runs, checkpoints, timing["rerankers_s"] = train_rankers_stage(
-        config, reader, train_examples, eval_batch, held_out, featurize, tokenizer)
-    summary = summarize(runs, config.k)
+        config, reader, train_examples, eval_batch, held_out, held_out_examples, tokenizer)
+    summary = summarize(runs)
     timing["total_s"] = time.perf_counter() - started
 
     tables = markdown_tables(summary, reader_em, config.k, config.seeds)
@@ -431,8 +428,7 @@ def run(config: DemoConfig) -> dict:
     results = {"config": dataclasses.asdict(config), "timing_s": timing,
                "reader": {"exact_match": reader_em, "final_loss": reader_losses[-1]},
                "methods": summary, "curve_steps": checkpoints,
-               "runs": {method: [{key: value for key, value in run.items()}
-                                 for run in seeds] for method, seeds in runs.items()}}
+               "runs": runs}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(out, runs, checkpoints, summary, config.k)
     print(tables)

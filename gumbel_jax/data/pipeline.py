@@ -97,6 +97,11 @@ class Featurizer:
         }
 
 
+def stack_examples(examples: Sequence[dict]) -> dict[str, np.ndarray]:
+    """Featurised examples (dicts of equal-shape arrays) -> one batch dict."""
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
 def _truncate(tokens: list[int], length: int, eos_id: int | None) -> list[int]:
     """Cut to ``length`` tokens, keeping a final EOS (as T5's tokenizer does)."""
     if len(tokens) <= length:

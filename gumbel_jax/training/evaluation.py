@@ -14,10 +14,7 @@ import numpy as np
 from flax import nnx
 
 from gumbel_jax import metrics, ops
-
-
-def _stack(examples):
-    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+from gumbel_jax.data.pipeline import stack_examples
 
 
 @functools.lru_cache(maxsize=16)
@@ -58,7 +55,7 @@ def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32
         chunk = records[start:start + batch_size]
         examples = [featurize(r) for r in chunk]
         padded = examples + [examples[-1]] * (batch_size - len(examples))  # one shape
-        scores, answers = scores_and_answers(ranker_params, reader_state, _stack(padded))
+        scores, answers = scores_and_answers(ranker_params, reader_state, stack_examples(padded))
         scores = np.asarray(scores)
         for row, (record, example) in enumerate(zip(chunk, examples, strict=True)):
             result, prediction = _score_question(record, example, scores[row], k)

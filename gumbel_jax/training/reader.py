@@ -117,11 +117,10 @@ def train_reader(reader, batches, *, num_steps: int, learning_rate: float, num_s
     return losses
 
 
-def reader_exact_match(reader, batches, tokenizer, *, mask_fn, max_length: int) -> float:
-    """EM of the reader's greedy answers when it reads the candidates ``mask_fn(batch)``
-    selects (``[batch, docs]`` boolean); ``batches`` yields ``(batch, answers)`` pairs, the
-    answers as lists of strings."""
-    graph, state = nnx.split(reader)
+@functools.lru_cache(maxsize=8)
+def _generator(graph, max_length: int):
+    """One jitted greedy decoder per reader architecture, shared by every
+    :func:`reader_exact_match` call (the mask is an argument, so any setting reuses it)."""
 
     @jax.jit
     def generate(state, batch, mask):
@@ -129,6 +128,15 @@ def reader_exact_match(reader, batches, tokenizer, *, mask_fn, max_length: int) 
             batch["reader_ids"], batch["reader_mask"],
             ops.mask_to_log_mask(mask.astype(jnp.float32)), max_length=max_length)
 
+    return generate
+
+
+def reader_exact_match(reader, batches, tokenizer, *, mask_fn, max_length: int) -> float:
+    """EM of the reader's greedy answers when it reads the candidates ``mask_fn(batch)``
+    selects (``[batch, docs]`` boolean); ``batches`` yields ``(batch, answers)`` pairs, the
+    answers as lists of strings."""
+    graph, state = nnx.split(reader)
+    generate = _generator(graph, max_length)
     scores = []
     for batch, answers in batches:
         mask = mask_fn(batch) & batch["doc_valid"]
