@@ -32,7 +32,14 @@ def log_relaxed_topk_from_noise(scores, noise, *, tau, kappa, valid):
     scaled = kappa * jnp.asarray(scores, dtype)[None]
     # Mask after dividing by tau, so a tiny tau cannot turn the mask value into -inf.
     perturbed = jnp.where(valid[None], (scaled + noise.astype(dtype)) / tau, mask_value(dtype))
-    log_mask = jnp.max(jax.nn.log_softmax(perturbed, axis=-1), axis=0)
+    draws = jax.nn.log_softmax(perturbed, axis=-1)  # [k, ..., n]
+    # The max over draws, taken by index rather than with jnp.max: max's gradient divides by
+    # the count of entries equal to the maximum, and under jit XLA may recompute the draws
+    # in two fusions that round differently, so that count can be 0 (inf / NaN gradients,
+    # seen on CPU at tau = 0.1). Selecting the argmax routes the gradient to the winning
+    # draw, which is max's gradient whenever the maximum is unique.
+    best = jnp.argmax(draws, axis=0)
+    log_mask = jnp.take_along_axis(draws, best[None], axis=0)[0]
     return jnp.where(valid, log_mask, mask_value(dtype))
 
 
