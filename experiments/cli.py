@@ -25,3 +25,38 @@ def load_config(path: str, overrides: list[str]):
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def add_parallel_arguments(parser) -> None:
+    """--mesh and the multi-host flags shared by train and reproduce."""
+    parser.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
+                        help="device mesh sizes over all processes, e.g. 8,1,1 or -1,1,1 "
+                             "(default: one device)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host: call jax.distributed.initialize() first. TPU VMs, "
+                             "SLURM and Open MPI find their coordinator themselves; other "
+                             "GPU clusters give the three flags below")
+    parser.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                        help="address of process 0 (multi-node GPU without SLURM/MPI)")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+
+
+def start_parallel(args):
+    """Initialise multi-host JAX if asked; the mesh of ``--mesh`` (or None)."""
+    import jax
+
+    if args.distributed:
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    if not args.mesh:
+        return None
+    from gumbel_jax.sharding import make_mesh
+
+    try:
+        data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
+    except ValueError:
+        raise ValueError(f"--mesh {args.mesh!r}: expected three integers DATA,FSDP,TENSOR"
+                         ) from None
+    return make_mesh(data=data, fsdp=fsdp, tensor=tensor)

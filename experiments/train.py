@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from experiments.cli import fail, load_config
+from experiments.cli import add_parallel_arguments, fail, load_config, start_parallel
 
 
 def main(argv=None) -> int:
@@ -19,28 +19,15 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.objective.tau=0.3")
-    p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
-                   help="device mesh sizes, e.g. 8,1,1 or -1,1,1 (default: one device)")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host: call jax.distributed.initialize() first (TPU VM pods "
-                        "and multi-node GPU clusters detect their coordinator themselves)")
+    add_parallel_arguments(p)
     args = p.parse_args(argv)
     from gumbel_jax.data.validation import DataError
     from gumbel_jax.training.experiment import run_training
     from gumbel_jax.training.loop import NonFiniteLossError
 
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
     try:
         config = load_config(args.config, args.set)
-        mesh = None
-        if args.mesh:
-            from gumbel_jax.sharding import make_mesh
-
-            data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
-            mesh = make_mesh(data=data, fsdp=fsdp, tensor=tensor)
+        mesh = start_parallel(args)
         metrics = run_training(config, args.workdir, mesh=mesh)
     except (ValueError, DataError, NonFiniteLossError, FileNotFoundError) as error:
         return fail(str(error))

@@ -46,6 +46,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """``batch_size`` is the global batch (every process's examples together)."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % shards:
         raise ValueError(f"batch size {batch_size} is not divisible by the {shards} batch "
@@ -53,9 +54,13 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Split every array of a host batch along its first axis over (data, fsdp)."""
-    check_batch_size(len(next(iter(batch.values()))), mesh)
-    return jax.device_put(batch, batch_sharding(mesh))
+    """One global batch from this process's examples, split along the first axis over
+    (data, fsdp). With several processes (multi-host) each passes its own part, in process
+    order; with one process the host batch is the global batch."""
+    local = len(next(iter(batch.values())))
+    check_batch_size(local * jax.process_count(), mesh)
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
 

@@ -43,6 +43,9 @@ def as_record(item) -> Record:
 class Featurizer:
     """Record -> dict of fixed-shape numpy arrays (the batch layout of the trainer).
 
+    A ranker template that returns a (question, passage) pair is tokenised as a sentence
+    pair, the passage cut first (cross-encoders: ``models.inputs.cross_encoder_pair``).
+
     Keys: ``reader_ids/reader_mask [n, reader_length]``, ``ranker_ids/ranker_mask
     [n, ranker_length]``, ``doc_valid [n]``, ``answer_ids/answer_mask [answer_length]``,
     ``gold/indirect [n]`` (evaluation only), ``example_id []``.
@@ -61,8 +64,16 @@ class Featurizer:
         featurises in several threads."""
         ids = np.zeros((rows, length), np.int32)
         mask = np.zeros((rows, length), bool)
-        for row, tokens in enumerate(tokenizer(texts)["input_ids"] if texts else []):
-            tokens = _truncate(tokens, length, tokenizer.eos_token_id)
+        if not texts:
+            return ids, mask
+        if isinstance(texts[0], tuple):  # sentence pairs (a cross-encoder's input)
+            encoded = tokenizer([a for a, _ in texts], [b for _, b in texts])
+            rows_tokens = [_truncate_pair(tokens, encoded.sequence_ids(row), length)
+                           for row, tokens in enumerate(encoded["input_ids"])]
+        else:
+            rows_tokens = [_truncate(tokens, length, tokenizer.eos_token_id)
+                           for tokens in tokenizer(texts)["input_ids"]]
+        for row, tokens in enumerate(rows_tokens):
             ids[row, : len(tokens)] = tokens
             mask[row, : len(tokens)] = True
         return ids, mask
@@ -109,6 +120,23 @@ def _truncate(tokens: list[int], length: int, eos_id: int | None) -> list[int]:
     if eos_id is not None and tokens[-1] == eos_id:
         return [*tokens[: length - 1], eos_id]
     return tokens[:length]
+
+
+def _truncate_pair(tokens: list[int], sequence_ids: list, length: int) -> list[int]:
+    """Cut a sentence pair to ``length`` tokens, keeping its special tokens. The passage
+    (sequence 1) is cut first; a question (sequence 0) longer than half the room (the tokens
+    left after the special ones) is cut to that half, so the passage keeps the other half."""
+    if len(tokens) <= length:
+        return tokens
+    question = [i for i, s in enumerate(sequence_ids) if s == 0]
+    passage = [i for i, s in enumerate(sequence_ids) if s == 1]
+    room = length - (len(tokens) - len(question) - len(passage))
+    if room < 2:
+        raise ValueError(f"length {length} cannot hold a sentence pair and its special tokens")
+    keep_question = min(len(question), max(room - len(passage), room // 2))
+    keep_passage = min(len(passage), room - keep_question)
+    drop = set(question[keep_question:]) | set(passage[keep_passage:])
+    return [t for i, t in enumerate(tokens) if i not in drop]
 
 
 def make_dataset(source: Sequence, featurizer: Callable, *, batch_size: int, seed: int,

@@ -34,6 +34,7 @@ def word_level_tokenizer(records: Iterable[Record], *, extra_texts: Iterable[str
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", SPECIAL_TOKENS["</s>"])])
+        single="$A </s>", pair="$A </s> $B:1 </s>:1",
+        special_tokens=[("</s>", SPECIAL_TOKENS["</s>"])])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>",
                                    eos_token="</s>", unk_token="<unk>")

@@ -36,12 +36,18 @@ def tokenize_passages(tokenizer, question: str, passages: Sequence[Passage], *,
             "attention_mask": encoded["attention_mask"][None].astype(bool)}
 
 
+def cross_encoder_pair(question: str, title: str, text: str) -> tuple[str, str]:
+    """A BERT / XLM-R cross-encoder's input for one candidate: the sentence pair
+    (question, "title text"), which its tokenizer joins with its own separators."""
+    return question, f"{title} {text}".strip()
+
+
 def tokenize_cross_encoder(tokenizer, question: str, passages: Sequence[Passage], *,
                            max_length: int) -> dict:
     """Sentence pairs (question, "title text") for a BERT / XLM-R cross-encoder,
     ``[1, docs, max_length]`` arrays including ``token_type_ids`` when the model uses them."""
-    encoded = tokenizer([question] * len(passages),
-                        [f"{title} {text}".strip() for title, text in passages],
+    pairs = [cross_encoder_pair(question, title, text) for title, text in passages]
+    encoded = tokenizer([q for q, _ in pairs], [p for _, p in pairs],
                         max_length=max_length, truncation="only_second", padding="max_length",
                         return_tensors="np")
     out = {"input_ids": encoded["input_ids"][None].astype(np.int32),
@@ -51,4 +57,4 @@ def tokenize_cross_encoder(tokenizer, question: str, passages: Sequence[Passage]
     return out
 
 
-__all__ = ["rankt5_text", "tokenize_cross_encoder", "tokenize_passages"]
+__all__ = ["cross_encoder_pair", "rankt5_text", "tokenize_cross_encoder", "tokenize_passages"]

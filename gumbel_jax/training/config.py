@@ -101,3 +101,7 @@ def validate(config: TrainConfig, *, num_candidates: int) -> None:
         raise ValueError("objective.num_samples must be >= 1")
     if config.checkpoint_every < 1 or config.num_steps < 0:
         raise ValueError("checkpoint_every must be >= 1 and num_steps >= 0")
+    warmup = config.optimizer.warmup_steps
+    if warmup < 0 or (warmup and warmup >= max(config.num_steps, 2)):
+        raise ValueError(f"optimizer.warmup_steps={warmup} must be in [0, num_steps="
+                         f"{config.num_steps}) (the cosine decay follows the warm-up)")

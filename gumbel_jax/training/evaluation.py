@@ -84,7 +84,9 @@ def _score_question(record, example, scores, k):
         f"indirect_ndcg@{k}": metrics.ndcg_at_k(scores, indirect, k, valid),
         "indirect_mrr": metrics.mrr(scores, indirect, valid),
     }
-    prediction = {"id": record.id, "ranking": [int(i) for i in order if valid[i]],
+    ranking = [int(i) for i in order if valid[i]]  # positions in the record's ctxs
+    prediction = {"id": record.id, "ranking": ranking,
+                  "ranked_titles": [record.ctxs[i].title for i in ranking],
                   "scores": [float(s) for s in scores[: int(valid.sum())]]}
     return result, prediction
 

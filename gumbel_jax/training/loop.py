@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from gumbel_jax import sharding
-from gumbel_jax.training.config import TrainConfig
+from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig, TrainConfig
 from gumbel_jax.training.step import make_optimizer, make_train_step
 
 
@@ -68,7 +69,8 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     workdir.mkdir(parents=True, exist_ok=True)
     ranker_graph, params = nnx.split(ranker)
     reader_graph, reader_state = nnx.split(reader)
-    tx = make_optimizer(config.optimizer, config.num_steps)
+    tx, train_step = _optimizer_and_step(ranker_graph, reader_graph, config.optimizer,
+                                         config.num_steps, config.objective)
     opt_state = tx.init(params)
     iterator = iter(dataset)
     manager = _manager(workdir, config)
@@ -91,7 +93,6 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
                              else sharding.replicated(mesh))  # e.g. the step count
         opt_state = jax.device_put(opt_state, jax.tree.map(on_mesh, placed))
     place = (lambda b: sharding.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
-    train_step = make_train_step(ranker_graph, reader_graph, tx, config.objective)
     base_key = jax.random.key(config.seed)
     metrics = {}
     progress = _progress(start, config.num_steps)
@@ -131,6 +132,15 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     manager.close()
     nnx.update(ranker, params)
     return metrics
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer_and_step(ranker_graph, reader_graph, optimizer: OptimizerConfig,
+                        num_steps: int, objective: ObjectiveConfig):
+    """One optimizer and jitted step per architecture and setting, so runs that differ only
+    in their seed (a grid's cells) compile the step once per process."""
+    tx = make_optimizer(optimizer, num_steps)
+    return tx, make_train_step(ranker_graph, reader_graph, tx, objective)
 
 
 def _progress(start: int, total: int):

