@@ -66,10 +66,17 @@ def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32
                 result["f1"] = metrics.f1_score(text, record.answers)
             per_question.append(result)
             predictions.append(prediction)
-    summary = {name: float(np.nanmean([q[name] for q in per_question]))
+    summary = {name: _mean_defined([q[name] for q in per_question])
                for name in per_question[0]} if per_question else {}
     summary["num_questions"] = len(per_question)
     return {"metrics": summary, "predictions": predictions}
+
+
+def _mean_defined(values) -> float:
+    """Mean over the questions where a metric is defined (NaN where it is not: indirect
+    metrics of a question without indirect passages); NaN if it is defined for none."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 def _score_question(record, example, scores, k):

@@ -1,0 +1,25 @@
+"""Table "MuSiQue", row "ADist" (run musique_adist).
+
+Paper: no number for this row in our notes (method.md); the cell is ours alone.
+
+    python -m experiments.reproduce --table musique --cell musique_adist \
+        --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3
+
+Hardware and time: one H100 80GB, about 28 min per seed (3,000 steps at batch 32 over 20
+passages; estimated from FLOPs); a TPU v5e-8 about 14 min per seed (estimate; python -m
+experiments.costs). On GPUs add --set model.attention=cudnn.
+
+Needs: the gj_musique dataset (python -m experiments.prepare_data --dataset musique ...),
+fid-large-musique (a FiD-Large reader trained on MuSiQue) in --models_dir, and
+Soyoung97/RankT5-base from the Hugging Face hub.
+"""
+
+from experiments.paper import method_row
+
+
+def get_row():
+    return method_row("musique", "musique", "ADist")
+
+
+def get_config():
+    return get_row().experiment

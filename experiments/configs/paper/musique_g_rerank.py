@@ -1,0 +1,27 @@
+"""Table "MuSiQue", row "G-Rerank" (run musique_g_rerank).
+
+Paper: Mining R@5 60.7, EM 40.0, F1 49.1.
+
+    python -m experiments.reproduce --table musique --cell musique_g_rerank \
+        --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3
+
+Hardware and time: one H100 80GB, about 28 min per seed (3,000 steps at batch 32 over 20
+passages; estimated from FLOPs); a TPU v5e-8 about 14 min per seed (estimate; python -m
+experiments.costs). On GPUs add --set model.attention=cudnn.
+
+Needs: the gj_musique dataset (python -m experiments.prepare_data --dataset musique ...),
+fid-large-musique (a FiD-Large reader trained on MuSiQue) in --models_dir, and
+Soyoung97/RankT5-base from the Hugging Face hub.
+"""
+
+from experiments.paper import method_row
+
+
+def get_row():
+    return method_row("musique", "musique", "G-Rerank",
+                      paper={"Mining R@5": 60.7, "EM": 40.0, "F1": 49.1,
+                             })
+
+
+def get_config():
+    return get_row().experiment

@@ -1,0 +1,25 @@
+"""Table "Natural Questions", row "EMDR" (run nq_emdr).
+
+Paper: no number for this row in our notes (method.md); the cell is ours alone.
+
+    python -m experiments.reproduce --table nq --cell nq_emdr \
+        --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3
+
+Hardware and time: one H100 80GB, about 2.1 h per seed (10,000 steps at batch 8 over 100
+passages; the step time was measured); a TPU v5e-8 about 66 min per seed (estimate; python
+-m experiments.costs). On GPUs add --set model.attention=cudnn.
+
+Needs: the gj_nq dataset (python -m experiments.prepare_data --dataset nq ...),
+nq_reader_large (FiD's released NQ reader) in --models_dir, and Soyoung97/RankT5-base from
+the Hugging Face hub.
+"""
+
+from experiments.paper import method_row
+
+
+def get_row():
+    return method_row("nq", "nq", "EMDR")
+
+
+def get_config():
+    return get_row().experiment

@@ -1,0 +1,112 @@
+"""What each paper table costs: FLOPs per G-Rerank training step and per run, and the
+expected time on one H100, a TPU v5e-8 and a TPU v4-8.
+
+    python -m experiments.costs            # the README's cost table (markdown)
+
+FLOPs count only the work the gradient needs (``benchmarks.common.grerank_step_flops``).
+Times: the H100 rate is *measured* (the HotpotQA step at batch 32, 0.282 s, 402 TFLOP/s,
+``benchmarks/results/2026-11-26``; the 100-passage step at batch 8, 0.752 s, with the
+reranker rematerialised, ``benchmarks/results/2026-11-25``); other shapes on the H100 and
+every TPU figure are *estimates*: FLOPs / (the chips' bf16 peak x the utilisation measured on
+the H100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from benchmarks.common import Shape, grerank_step_flops
+from experiments.paper import DATASETS, TABLES
+from gumbel_jax.models import T5Config
+from gumbel_jax.models.presets import T5_LARGE, T5_V1_1_BASE
+
+H100_MEASURED_TFLOPS = 401.7  # HotpotQA step, batch 32, cuDNN attention (2026-11-26)
+H100_PEAK_TFLOPS = 796.7  # measured bf16 matrix-product rate, same call
+NQ_MEASURED_STEP_S = 0.752  # 100 x 256 passages, batch 8, remat (2026-11-25)
+# bf16 peaks from Google's published chip specifications: v5e 197 TFLOP/s per chip (8 chips),
+# v4 275 per chip (a v4-8 has 4 chips).
+TPU_PEAK_TFLOPS = {"TPU v5e-8": 8 * 197.0, "TPU v4-8": 4 * 275.0}
+UTILISATION = H100_MEASURED_TFLOPS / H100_PEAK_TFLOPS
+# BGE-base's reranker as a T5-shaped encoder without a decoder: the same matrix products.
+XLM_ROBERTA_BASE_AS_ENCODER = T5Config(vocab_size=250002, d_model=768, d_kv=64, d_ff=3072,
+                                       num_layers=12, num_decoder_layers=0, num_heads=12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    table: str
+    shape: Shape
+    steps: int
+    step_flops: float
+    h100_step_s: float
+    h100_measured: bool
+
+    @property
+    def run_flops(self) -> float:
+        return self.step_flops * self.steps
+
+    def hours(self, step_s: float) -> float:
+        return step_s * self.steps / 3600
+
+
+def table_costs() -> list[Cost]:
+    costs = []
+    for table, dataset, reranker in (("hotpotqa", "hotpotqa", T5_V1_1_BASE),
+                                     ("musique", "musique", T5_V1_1_BASE),
+                                     ("2wiki", "2wiki", T5_V1_1_BASE),
+                                     ("bge", "hotpotqa", XLM_ROBERTA_BASE_AS_ENCODER),
+                                     ("nq", "nq", T5_V1_1_BASE),
+                                     ("triviaqa", "triviaqa", T5_V1_1_BASE)):
+        setup = DATASETS[dataset]
+        shape = Shape(setup.batch_size, setup.num_candidates, setup.reader_length,
+                      setup.answer_length, 5)
+        flops = grerank_step_flops(T5_LARGE, reranker, shape)["total"]
+        if table == "hotpotqa":
+            step_s, measured = flops / (H100_MEASURED_TFLOPS * 1e12), True
+        elif table in ("nq", "triviaqa"):
+            step_s, measured = NQ_MEASURED_STEP_S, table == "nq"  # same shape up to 250/256
+        else:
+            step_s, measured = flops / (H100_MEASURED_TFLOPS * 1e12), False
+        costs.append(Cost(table, shape, setup.num_steps, flops, step_s, measured))
+    return costs
+
+
+def tpu_step_s(cost: Cost, peak_tflops: float) -> float:
+    """The H100's measured seconds per step scaled to a TPU slice of ``peak_tflops``, at
+    the utilisation the H100 reached."""
+    return cost.h100_step_s * H100_PEAK_TFLOPS / peak_tflops
+
+
+def _duration(hours: float) -> str:
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
+
+
+def markdown(seeds: int = 3) -> str:
+    lines = ["| table | batch x passages x tokens | steps | TFLOP / step | PFLOP / run "
+             f"| H100, one run | H100, table ({seeds} seeds) | TPU v5e-8, one run (est.) "
+             "| TPU v4-8, one run (est.) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for cost in table_costs():
+        s = cost.shape
+        runs = len(TABLES[cost.table].rows) * seeds
+        h100 = _duration(cost.hours(cost.h100_step_s))
+        h100 += "" if cost.h100_measured else " (est.)"
+        tpus = [_duration(cost.hours(tpu_step_s(cost, peak)))
+                for peak in TPU_PEAK_TFLOPS.values()]
+        lines.append(f"| {cost.table} | {s.batch} x {s.docs} x {s.doc_len} | {cost.steps} | "
+                     f"{cost.step_flops / 1e12:.0f} | {cost.run_flops / 1e15:.0f} | {h100} | "
+                     f"{_duration(runs * cost.hours(cost.h100_step_s))} | "
+                     f"{' | '.join(tpus)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    print(markdown(p.parse_args(argv).seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

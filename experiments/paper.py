@@ -1,0 +1,210 @@
+"""The paper's experiment grid: its tables, one ``PaperRow`` per table row, and the settings
+they share.
+
+Each row lives in its own file under ``experiments/configs/paper/`` (its docstring names the
+table, the row, the paper's numbers, the command, the hardware and the time) and defines
+``get_row()`` and ``get_config()``. ``experiments.reproduce`` runs the rows' cells (a row x a
+seed); ``experiments.make_tables`` puts their results beside the paper's.
+
+Settings the paper does not publish (learning rate, batch, steps, lengths, mining size) are
+ours, stated here once; every row can override them on the command line (``--set``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+
+from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig, TrainConfig
+from gumbel_jax.training.experiment import DataConfig, ExperimentConfig, ModelConfig
+
+CONFIG_DIR = pathlib.Path(__file__).parent / "configs" / "paper"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a table: a metric of one evaluation file of a run."""
+
+    label: str  # as the paper prints it
+    source: str  # "mining" (training questions, ranking only) or "eval" (held-out questions)
+    metric: str  # key in {source}.json
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    title: str
+    columns: tuple[Column, ...]
+    rows: tuple[str, ...]  # row labels in the paper's order
+
+
+MINING_R5 = Column("Mining R@5", "mining", "recall@5")
+MINING_NDCG5 = Column("Mining NDCG@5", "mining", "ndcg@5")
+RERANKER_R5 = Column("Reranker R@5", "eval", "recall@5")
+EM = Column("EM", "eval", "em")
+F1 = Column("F1", "eval", "f1")
+METHOD_ROWS = ("EMDR", "PDist", "LOOP", "ADist", "G-Rerank")
+ABLATION_ROWS = ("G-Rerank", "no Gumbel noise", "from-scratch reranker", "subset relaxation",
+                 "tau = 0.1", "tau = 0.25", "tau = 1.0", "tau = 2.0", "kappa = 0.5",
+                 "kappa = 2.0")
+
+TABLES: dict[str, Table] = {
+    "hotpotqa": Table("HotpotQA (distractor), FiD-Large reader, RankT5-base reranker",
+                      (MINING_R5, MINING_NDCG5, RERANKER_R5, EM, F1), METHOD_ROWS),
+    "hotpotqa_indirect": Table(
+        "HotpotQA, indirectly relevant passages (gold passages without the answer), "
+        "held-out questions",
+        (Column("R@5", "eval", "indirect_recall@5"), Column("MRR", "eval", "indirect_mrr"),
+         Column("NDCG@5", "eval", "indirect_ndcg@5")), ("EMDR", "PDist", "G-Rerank")),
+    "musique": Table("MuSiQue (answerable), FiD-Large reader, RankT5-base reranker",
+                     (MINING_R5, EM, F1), METHOD_ROWS),
+    "2wiki": Table("2WikiMultiHopQA, FiD-Large reader, RankT5-base reranker",
+                   (MINING_R5, EM, F1), METHOD_ROWS),
+    "bge": Table("HotpotQA with the BGE-base reranker (XLM-RoBERTa cross-encoder)",
+                 (MINING_R5, MINING_NDCG5, RERANKER_R5, EM, F1), METHOD_ROWS),
+    "nq": Table("Natural Questions (FiD's retrieved passages), FiD-Large reader, "
+                "RankT5-base reranker", (RERANKER_R5, EM, F1), METHOD_ROWS),
+    "triviaqa": Table("TriviaQA (FiD's retrieved passages), FiD-Large reader, "
+                      "RankT5-base reranker", (RERANKER_R5, EM, F1), METHOD_ROWS),
+    "ablations": Table("Ablations on HotpotQA (G-Rerank, RankT5-base)",
+                       (MINING_R5, RERANKER_R5, EM, F1,
+                        Column("indirect R@5", "eval", "indirect_recall@5")), ABLATION_ROWS),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperRow:
+    table: str  # a key of TABLES
+    row: str  # the row's label in that table
+    run: str  # run folder; rows of several tables that train the same thing share it
+    experiment: ExperimentConfig
+    paper: dict[str, float] = dataclasses.field(default_factory=dict)  # label -> number (%)
+    hardware: str = ""  # expected hardware and time of one seed
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSetup:
+    """What a dataset fixes: its prepared tfds name, candidate pool, reader checkpoint and
+    lengths; plus our (unpublished in the paper) batch and step counts for it."""
+
+    tfds_name: str
+    num_candidates: int
+    reader: str  # a folder in --models_dir (no public checkpoint: see the README)
+    reader_length: int
+    batch_size: int
+    num_steps: int
+    answer_length: int = 32
+    ranker_length: int = 256
+
+
+DATASETS = {
+    # One epoch of HotpotQA's 90,447 training questions is 2,826 steps at batch 32.
+    "hotpotqa": DatasetSetup("gj_hotpotqa", 10, "fid-large-hotpotqa", 256, 32, 3000),
+    "musique": DatasetSetup("gj_musique", 20, "fid-large-musique", 256, 32, 3000),
+    "2wiki": DatasetSetup("gj_two_wiki", 10, "fid-large-2wiki", 256, 32, 3000),
+    # FiD's released NQ / TriviaQA readers read 100 passages of 250 tokens; batch 8 is what
+    # fits on one 80 GB card (benchmarks/results: 50 GB at 100 x 256).
+    "nq": DatasetSetup("gj_nq", 100, "nq_reader_large", 250, 8, 10000),
+    "triviaqa": DatasetSetup("gj_triviaqa", 100, "tqa_reader_large", 250, 8, 10000),
+}
+
+RANKT5 = dict(reranker="Soyoung97/RankT5-base", reranker_kind="rankt5",
+              reranker_architecture="t5-v1_1-base", score_token_id=32089)
+BGE = dict(reranker="BAAI/bge-reranker-base", reranker_kind="cross_encoder",
+           reranker_architecture="xlm-roberta-base")
+METHODS = {"G-Rerank": "g_rerank", "EMDR": "emdr", "PDist": "pdist", "LOOP": "loop",
+           "ADist": "adist"}
+
+
+def paper_experiment(dataset: str, method: str, *, reranker: dict | None = None,
+                     objective: dict | None = None, model: dict | None = None,
+                     name: str = "") -> ExperimentConfig:
+    """The experiment of one row: ``dataset`` (a key of DATASETS), ``method`` (an
+    objective name), the reranker (RANKT5 or BGE) and any changed objective or model
+    fields (ablations)."""
+    setup = DATASETS[dataset]
+    data = DataConfig(source=f"tfds:{setup.tfds_name}", train_split="train",
+                      eval_split="validation", num_eval=1_000_000, num_mining=10_000,
+                      num_candidates=setup.num_candidates, reader_length=setup.reader_length,
+                      ranker_length=setup.ranker_length, answer_length=setup.answer_length,
+                      batch_size=setup.batch_size)
+    model_config = ModelConfig(reader=setup.reader, reader_tokenizer="google-t5/t5-large",
+                               reader_architecture="t5-large", dtype="bfloat16",
+                               remat=setup.num_candidates > 20,
+                               **{**(reranker or RANKT5), **(model or {})})
+    objective_config = ObjectiveConfig(**{"name": method, "k": 5, "tau": 0.5, "kappa": 1.0,
+                                          **(objective or {})})
+    train = TrainConfig(num_steps=setup.num_steps, checkpoint_every=500, max_to_keep=2,
+                        objective=objective_config,
+                        optimizer=OptimizerConfig(learning_rate=5e-5, warmup_steps=200,
+                                                  weight_decay=0.01, clip_norm=1.0))
+    return ExperimentConfig(name=name or f"{dataset}_{method}", data=data, model=model_config,
+                            train=train)
+
+
+def method_row(table: str, dataset: str, row: str, *, paper: dict | None = None,
+               reranker: dict | None = None, prefix: str = "", hardware: str = "") -> PaperRow:
+    """A table row that trains ``row``'s method (a key of METHODS) on ``dataset``."""
+    method = METHODS[row]
+    run = f"{prefix}{dataset}_{method}"
+    return PaperRow(table, row, run,
+                    paper_experiment(dataset, method, reranker=reranker, name=run),
+                    dict(paper or {}), hardware)
+
+
+def ablation_row(row: str, run: str, *, objective: dict | None = None,
+                 model: dict | None = None, hardware: str = "") -> PaperRow:
+    """A row of the ablation table: G-Rerank on HotpotQA with one thing changed."""
+    experiment = paper_experiment("hotpotqa", "g_rerank", objective=objective, model=model,
+                                  name=run)
+    return PaperRow("ablations", row, run, experiment, {}, hardware)
+
+
+def load_row(path: str | pathlib.Path) -> PaperRow:
+    """The ``PaperRow`` of one config file (its ``get_row()``)."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(f"paper_row_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_row"):
+        raise ValueError(f"{path}: a paper config must define get_row()")
+    row = module.get_row()
+    if row.table not in TABLES or row.row not in TABLES[row.table].rows:
+        raise ValueError(f"{path}: row {row.row!r} of table {row.table!r} is not in "
+                         "experiments.paper.TABLES")
+    unknown = set(row.paper) - {c.label for c in TABLES[row.table].columns}
+    if unknown:
+        raise ValueError(f"{path}: paper numbers for unknown columns {sorted(unknown)}")
+    return row
+
+
+def load_rows(directory: str | pathlib.Path = CONFIG_DIR) -> list[PaperRow]:
+    """Every paper row, in table order then the paper's row order. Two rows that share a
+    run must train the same experiment."""
+    rows = [load_row(p) for p in sorted(pathlib.Path(directory).glob("*.py"))
+            if not p.name.startswith("_")]
+    by_run: dict[str, PaperRow] = {}
+    for row in rows:
+        other = by_run.setdefault(row.run, row)
+        if other.experiment != row.experiment:
+            raise ValueError(f"rows {other.table}/{other.row} and {row.table}/{row.row} share "
+                             f"run {row.run!r} but configure different experiments")
+    order = {(t, r): (i, j) for i, (t, table) in enumerate(TABLES.items())
+             for j, r in enumerate(table.rows)}
+    return sorted(rows, key=lambda row: order[(row.table, row.row)])
+
+
+def resolve_paths(experiment: ExperimentConfig, *, data_dir: str,
+                  models_dir: str) -> ExperimentConfig:
+    """Point the experiment at the user's prepared data and downloaded models: a model or
+    tokenizer name without a "/" (and not "tiny") is a folder in ``models_dir``; names with
+    one are Hugging Face hub ids or absolute paths and stay."""
+    model = experiment.model
+    local = {}
+    for field in ("reader", "reranker", "reader_tokenizer", "reranker_tokenizer"):
+        name = getattr(model, field)
+        if name and name != "tiny" and "/" not in name:
+            local[field] = str(pathlib.Path(models_dir) / name)
+    return dataclasses.replace(
+        experiment, data=dataclasses.replace(experiment.data, data_dir=data_dir),
+        model=dataclasses.replace(model, **local))

@@ -1,0 +1,177 @@
+"""Run the paper's experiment grid: every row of a table x every seed.
+
+    python -m experiments.reproduce --table hotpotqa --data_dir ~/tfds --models_dir ~/models \
+        --workdir runs/paper --seeds 3
+
+A cell is one run at one seed, in ``WORKDIR/<run>/seed<N>``. Finished cells (``eval.json``
+present) are skipped, interrupted ones resume from their last checkpoint, and ``--cell``
+runs only the named cells (``hotpotqa_g_rerank`` for all its seeds, or
+``hotpotqa_g_rerank/seed1``), so cells can be spread over machines that share WORKDIR.
+``--list`` shows every cell and its state. A cell that fails is reported and the others
+still run; the exit status is then 1. ``--set`` overrides apply to every cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import traceback
+
+from experiments.cli import add_parallel_arguments, fail, start_parallel
+from experiments.paper import TABLES, PaperRow, load_rows, resolve_paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    run: str
+    seed: int
+    rows: tuple[str, ...]  # "table/row" labels this run fills
+
+    @property
+    def name(self) -> str:
+        return f"{self.run}/seed{self.seed}"
+
+
+def plan(rows: list[PaperRow], tables: list[str], seeds: int) -> list[Cell]:
+    """The cells of ``tables`` (a run shared by several rows appears once)."""
+    cells: dict[tuple[str, int], list[str]] = {}
+    for row in rows:
+        if row.table in tables:
+            for seed in range(seeds):
+                cells.setdefault((row.run, seed), []).append(f"{row.table}/{row.row}")
+    return [Cell(run, seed, tuple(labels)) for (run, seed), labels in cells.items()]
+
+
+def select(cells: list[Cell], names: list[str]) -> list[Cell]:
+    """Cells named by run (all seeds) or run/seedN; an unknown name is an error."""
+    if not names:
+        return cells
+    chosen, known = [], {c.name for c in cells} | {c.run for c in cells}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown cell(s) {', '.join(unknown)}; see --list")
+    for cell in cells:
+        if cell.name in names or cell.run in names:
+            chosen.append(cell)
+    return chosen
+
+
+def cell_state(folder: pathlib.Path) -> str:
+    """"finished", "interrupted at step N" or "not started"."""
+    if (folder / "eval.json").is_file():
+        return "finished"
+    metrics = folder / "metrics.jsonl"
+    if metrics.is_file():
+        lines = metrics.read_text().splitlines()
+        if lines:
+            return f"interrupted at step {json.loads(lines[-1])['step']}"
+    return "not started"
+
+
+def cell_config(row: PaperRow, seed: int, args):
+    from gumbel_jax.training.config import apply_overrides
+
+    models_dir = pathlib.Path(args.models_dir).expanduser().resolve()
+    experiment = resolve_paths(row.experiment, data_dir=args.data_dir,
+                               models_dir=str(models_dir))
+    experiment = dataclasses.replace(
+        experiment, train=dataclasses.replace(experiment.train, seed=seed))
+    return apply_overrides(experiment, args.set)
+
+
+def _check_models(config) -> None:
+    """A missing local model folder is named before anything is built."""
+    for field in ("reader", "reranker", "reader_tokenizer", "reranker_tokenizer"):
+        name = getattr(config.model, field)
+        if name and name != "tiny" and name.startswith("/") and not pathlib.Path(name).exists():
+            raise FileNotFoundError(f"model.{field}: {name} does not exist (download it first; "
+                                    "see the README's 'Reproduce the paper')")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", nargs="+", required=True, metavar="TABLE",
+                   help=f"one or more of: {', '.join(TABLES)}, or all")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data_dir", default="", help="tfds data_dir of the prepared datasets")
+    p.add_argument("--models_dir", default="models",
+                   help="folder of the local checkpoints the configs name without a '/'")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--cell", nargs="+", default=[], metavar="NAME",
+                   help="only these cells: RUN (every seed) or RUN/seedN")
+    p.add_argument("--list", action="store_true", help="show the cells and their state")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every cell")
+    add_parallel_arguments(p)
+    args = p.parse_args(argv)
+    tables = list(TABLES) if args.table == ["all"] else args.table
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        return fail(f"unknown table(s) {', '.join(unknown)}; expected {', '.join(TABLES)} "
+                    "or all")
+    if args.seeds < 1:
+        return fail("--seeds must be >= 1")
+    try:
+        rows = load_rows()
+        cells = select(plan(rows, tables, args.seeds), args.cell)
+    except ValueError as error:
+        return fail(str(error))
+    workdir = pathlib.Path(args.workdir)
+    if args.list:
+        for cell in cells:
+            print(f"{cell.name:48s} {cell_state(workdir / cell.name):28s} "
+                  f"{', '.join(cell.rows)}")
+        return 0
+    return run_cells(cells, {row.run: row for row in rows}, workdir, args)
+
+
+def run_cells(cells: list[Cell], rows_by_run: dict[str, PaperRow], workdir: pathlib.Path,
+              args) -> int:
+    from gumbel_jax.data.validation import DataError
+    from gumbel_jax.training.experiment import run_training
+    from gumbel_jax.training.loop import NonFiniteLossError
+
+    try:
+        mesh = start_parallel(args)
+    except ValueError as error:
+        return fail(str(error))
+    failed = []
+    for index, cell in enumerate(cells, 1):
+        folder = workdir / cell.name
+        state = cell_state(folder)
+        prefix = f"[{index}/{len(cells)}] {cell.name}"
+        if state == "finished":
+            print(f"{prefix}: finished, skipped", flush=True)
+            continue
+        print(f"{prefix}: {'resuming, ' + state if state != 'not started' else 'starting'}",
+              flush=True)
+        try:
+            config = cell_config(rows_by_run[cell.run], cell.seed, args)
+            _check_models(config)
+            metrics = run_training(config, folder, mesh=mesh)
+        except (ValueError, DataError, NonFiniteLossError, FileNotFoundError, OSError) as error:
+            print(f"{prefix}: failed: {error}", file=sys.stderr, flush=True)
+            failed.append(cell.name)
+            continue
+        except Exception:  # an unexpected bug: keep its traceback, run the other cells
+            traceback.print_exc()
+            failed.append(cell.name)
+            continue
+        if metrics.get("preempted"):
+            print(f"{prefix}: preempted after step {metrics['step']}; run the same command "
+                  "again to resume", flush=True)
+            return 3
+        shown = {k: round(v, 4) for k, v in metrics.items()
+                 if k in ("recall@5", "em", "f1", "mining_recall@5")}
+        print(f"{prefix}: done {shown}", flush=True)
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

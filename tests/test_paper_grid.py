@@ -1,0 +1,287 @@
+"""The paper's grid: one config per table row with the paper's numbers, full-size models built
+abstractly with the public parameter counts, and the grid run end to end (reproduce ->
+make_tables) on the official-format fixtures with tiny random models."""
+
+import ast
+import csv
+import json
+import pathlib
+import shutil
+
+import pytest
+
+from experiments import costs, make_tables, prepare_data, reproduce
+from experiments.paper import CONFIG_DIR, DATASETS, TABLES, load_row, load_rows, resolve_paths
+from gumbel_jax.training.config import validate
+from gumbel_jax.training.experiment import abstract_models, parameter_count, validate_model
+
+FIXTURES = pathlib.Path(__file__).parent / "data" / "fixtures"
+# The official file names each prepared dataset reads; the dev fixture serves as both
+# splits (the grid needs training questions too).
+OFFICIAL = {
+    "hotpotqa": ("hotpot_dev_distractor.json",
+                 ["hotpot_train_v1.1.json", "hotpot_dev_distractor_v1.json"]),
+    "musique": ("musique_ans_dev.jsonl",
+                ["musique_ans_v1.0_train.jsonl", "musique_ans_v1.0_dev.jsonl"]),
+    "2wiki": ("2wiki_dev.json", ["train.json", "dev.json"]),
+    "nq": ("nq_fid_dev.json", ["train.json", "dev.json"]),
+    "triviaqa": ("tqa_fid_dev.jsonl", ["train.json", "dev.json"]),
+}
+TINY = ["model.reader=tiny", "model.reranker=tiny", "model.score_token_id=3",
+        "model.d_model=16", "model.num_layers=1", "model.num_heads=2", "model.dtype=float32",
+        "model.remat=False", "data.batch_size=2", "data.reader_length=24",
+        "data.ranker_length=24", "data.answer_length=4", "data.num_candidates=4",
+        "data.num_eval=4", "data.num_mining=2", "train.num_steps=2",
+        "train.checkpoint_every=2", "train.objective.k=2", "train.optimizer.warmup_steps=0"]
+# method.md, "Published numbers".
+PUBLISHED = {
+    ("hotpotqa", "EMDR"): [78.0, 80.5, 78.7, 60.8, 75.8],
+    ("hotpotqa", "PDist"): [76.8, 79.5, 78.1, 60.8, 75.8],
+    ("hotpotqa", "LOOP"): [71.7, 74.7, 72.5, 60.0, 75.0],
+    ("hotpotqa", "ADist"): [71.3, 72.1, 71.3, 57.0, 71.5],
+    ("hotpotqa", "G-Rerank"): [83.3, 84.7, 84.4, 61.1, 76.3],
+    ("hotpotqa_indirect", "EMDR"): [61.8, 45.2, 44.4],
+    ("hotpotqa_indirect", "PDist"): [60.2, 44.4, 43.4],
+    ("hotpotqa_indirect", "G-Rerank"): [72.2, 49.5, 51.5],
+    ("musique", "EMDR"): [56.6, 39.6, 48.6],
+    ("musique", "G-Rerank"): [60.7, 40.0, 49.1],
+    ("2wiki", "LOOP"): [80.4, 71.6, 76.9],
+    ("2wiki", "G-Rerank"): [80.8, 71.8, 77.2],
+}
+
+
+def _tiny_args(tmp, *extra):
+    args = ["--data_dir", str(tmp / "tfds"), "--workdir", str(tmp / "runs")]
+    for assignment in TINY:
+        args += ["--set", assignment]
+    return [*args, *extra]
+
+
+def _prepare(tmp, datasets):
+    for dataset in datasets:
+        fixture, names = OFFICIAL[dataset]
+        source = tmp / "official" / dataset
+        source.mkdir(parents=True)
+        for name in names:
+            shutil.copy(FIXTURES / fixture, source / name)
+        assert prepare_data.main(["--dataset", dataset, "--source", str(source),
+                                  "--data_dir", str(tmp / "tfds")]) == 0
+
+
+def test_one_config_per_row_with_the_papers_numbers():
+    rows = load_rows()
+    for name, table in TABLES.items():
+        assert sorted(r.row for r in rows if r.table == name) == sorted(table.rows), name
+    assert len(rows) == len(list(CONFIG_DIR.glob("[!_]*.py")))
+    for (table, row), numbers in PUBLISHED.items():
+        (found,) = [r for r in rows if (r.table, r.row) == (table, row)]
+        labels = [c.label for c in TABLES[table].columns if c.label in found.paper]
+        assert [found.paper[label] for label in labels] == numbers, (table, row)
+    published = set(PUBLISHED)
+    assert all(not r.paper for r in rows if (r.table, r.row) not in published)
+    # The indirect table and the ablations' reference reuse the main table's runs.
+    by_key = {(r.table, r.row): r for r in rows}
+    assert by_key[("hotpotqa_indirect", "EMDR")].run == by_key[("hotpotqa", "EMDR")].run
+    assert by_key[("ablations", "G-Rerank")].run == by_key[("hotpotqa", "G-Rerank")].run
+
+
+def test_config_docstrings_name_table_row_numbers_command_and_hardware():
+    for path in sorted(CONFIG_DIR.glob("[!_]*.py")):
+        row = load_row(path)
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        flat = " ".join(doc.split())
+        assert flat.startswith('Table "'), path
+        assert f'row "{row.row}" (run {row.run})' in flat, path
+        assert f"--table {row.table} --cell {row.run}" in flat, path
+        assert "Paper:" in flat and "H100" in flat and "Needs:" in flat, path
+        for label, number in row.paper.items():
+            assert f"{label} {number}" in flat, (path, label)
+
+
+def test_paper_configs_validate_and_build_at_full_size():
+    from gumbel_jax.models.presets import PUBLIC_PARAMETER_COUNTS
+
+    seen = {}
+    for row in load_rows():
+        config = row.experiment
+        validate(config.train, num_candidates=config.data.num_candidates)
+        validate_model(config.model)
+        assert config.data.num_candidates == DATASETS[
+            config.data.source.removeprefix("tfds:gj_").replace("two_wiki", "2wiki")
+        ].num_candidates
+        key = (config.model.reader_architecture, config.model.reranker_architecture,
+               config.model.reranker_kind)
+        if key not in seen:
+            reader, ranker = abstract_models(config.model)
+            seen[key] = (parameter_count(reader), parameter_count(ranker))
+        reader_count, ranker_count = seen[key]
+        assert reader_count == PUBLIC_PARAMETER_COUNTS[config.model.reader_architecture]
+        assert ranker_count == PUBLIC_PARAMETER_COUNTS[config.model.reranker_architecture]
+    # FiD-Large with RankT5-base, and with BGE-base (the public "278M").
+    assert seen[("t5-large", "t5-v1_1-base", "rankt5")] == (737_668_096, 247_577_856)
+    assert abs(seen[("t5-large", "xlm-roberta-base", "cross_encoder")][1] - 278e6) < 0.5e6
+
+
+def test_models_dir_resolves_local_names_only(tmp_path):
+    (row,) = [r for r in load_rows() if (r.table, r.row) == ("bge", "G-Rerank")]
+    resolved = resolve_paths(row.experiment, data_dir="/data", models_dir=str(tmp_path))
+    assert resolved.model.reader == str(tmp_path / "fid-large-hotpotqa")
+    assert resolved.model.reranker == "BAAI/bge-reranker-base"  # a hub id stays
+    assert resolved.model.reader_tokenizer == "google-t5/t5-large"
+    assert resolved.data.data_dir == "/data"
+
+
+def _read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """Every table, every row, one seed, on all five fixture datasets with tiny models
+    (about 6 minutes on 2 CPU cores: one compile per run), then a second seed of one run."""
+    tmp = tmp_path_factory.mktemp("grid")
+    _prepare(tmp, list(OFFICIAL))
+    assert reproduce.main(_tiny_args(tmp, "--table", "all", "--seeds", "1")) == 0
+    assert reproduce.main(_tiny_args(tmp, "--table", "hotpotqa", "--seeds", "2", "--cell",
+                                     "hotpotqa_g_rerank/seed1")) == 0
+    return tmp
+
+
+@pytest.mark.slow
+def test_whole_grid_runs_end_to_end_and_writes_predictions(grid):
+    runs = grid / "runs"
+    rows = load_rows()
+    assert len({r.run for r in rows}) == 39
+    for run in {r.run for r in rows}:
+        folder = runs / run / "seed0"
+        saved = json.loads((folder / "experiment.json").read_text())
+        assert saved["name"] == run and saved["train"]["seed"] == 0
+        evaluation = json.loads((folder / "eval.json").read_text())
+        mining = json.loads((folder / "mining.json").read_text())
+        assert evaluation["num_questions"] >= 1 and mining["num_questions"] >= 1, run
+        predictions = [json.loads(line) for line in
+                       (folder / "eval_predictions.jsonl").read_text().splitlines()]
+        assert {"id", "ranking", "ranked_titles", "scores", "answer"} <= set(predictions[0])
+    # The BGE rows trained a cross-encoder, the from-scratch row a randomly started one.
+    bge = json.loads((runs / "bge_hotpotqa_g_rerank/seed0/experiment.json").read_text())
+    assert bge["model"]["reranker_kind"] == "cross_encoder"
+    scratch = runs / "hotpotqa_g_rerank_from_scratch/seed0/experiment.json"
+    assert json.loads(scratch.read_text())["model"]["reranker_init"] == "random"
+
+
+@pytest.mark.slow
+def test_grid_skips_finished_cells_and_resumes_interrupted_ones(grid, capsys):
+    runs = grid / "runs"
+    capsys.readouterr()
+    (runs / "hotpotqa_pdist" / "seed0" / "eval.json").unlink()
+    metrics_lines = (runs / "hotpotqa_pdist" / "seed0" / "metrics.jsonl").read_text()
+    args = _tiny_args(grid, "--table", "hotpotqa_indirect", "--seeds", "1")
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 2
+    assert "hotpotqa_pdist/seed0: resuming, interrupted at step 2" in out
+    assert (runs / "hotpotqa_pdist" / "seed0" / "eval.json").is_file()
+    # Resumed from the last checkpoint (step 2 of 2): no step ran twice.
+    assert (runs / "hotpotqa_pdist" / "seed0" / "metrics.jsonl").read_text() == metrics_lines
+
+    assert reproduce.main(_tiny_args(grid, "--table", "hotpotqa", "--seeds", "3",
+                                     "--list")) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert len(listing) == 5 * 3
+    assert any("hotpotqa_g_rerank/seed1" in line and "finished" in line for line in listing)
+    assert any("hotpotqa_loop/seed2" in line and "not started" in line for line in listing)
+
+
+@pytest.mark.slow
+def test_make_tables_puts_ours_beside_the_paper(grid):
+    runs = grid / "runs"
+    assert make_tables.main(["--workdir", str(runs), "--seeds", "2"]) == 0
+    table = (runs / "tables.md").read_text()
+    entries = _read_csv(runs / "tables.csv")
+    assert len(entries) == sum(len(TABLES[r.table].columns) for r in load_rows())
+    (g_recall,) = [e for e in entries if (e["table"], e["row"], e["column"])
+                   == ("hotpotqa_indirect", "G-Rerank", "R@5")]
+    # k = 2 in this tiny grid, so R@5 is not among the metrics: the cell is missing.
+    assert g_recall["ours_mean"] == "" and g_recall["paper"] == "72.2"
+    (g_em,) = [e for e in entries if (e["table"], e["row"], e["column"])
+               == ("hotpotqa", "G-Rerank", "EM")]
+    (g_f1,) = [e for e in entries if (e["table"], e["row"], e["column"])
+               == ("hotpotqa", "G-Rerank", "F1")]
+    per_seed = [json.loads((runs / "hotpotqa_g_rerank" / f"seed{s}" / "eval.json")
+                           .read_text()) for s in (0, 1)]
+    assert g_em["seeds"] == "2"
+    f1 = [100 * r["f1"] for r in per_seed]
+    assert float(g_f1["ours_mean"]) == pytest.approx(sum(f1) / 2, abs=0.01)
+    assert float(g_f1["ours_std"]) == pytest.approx(abs(f1[0] - f1[1]) / 2 ** 0.5, abs=0.01)
+    assert float(g_f1["diff"]) == pytest.approx(float(g_f1["ours_mean"]) - 76.3, abs=0.01)
+    assert "## hotpotqa_indirect" in table and "## ablations" in table
+    # Only the second seeds of the other runs are missing.
+    missing = table.split("## Missing or unfinished runs")[1]
+    assert "- hotpotqa_loop/seed1: not started" in missing
+    assert "- hotpotqa_g_rerank/seed1:" not in missing and "seed0" not in missing
+
+
+def test_reproduce_errors_are_clear_and_other_cells_still_run(tmp_path, capsys):
+    assert reproduce.main(["--table", "nosuch", "--workdir", str(tmp_path)]) == 2
+    assert "unknown table(s) nosuch" in capsys.readouterr().err
+    assert reproduce.main(["--table", "hotpotqa", "--workdir", str(tmp_path),
+                           "--cell", "hotpotqa_nosuch"]) == 2
+    assert "unknown cell(s) hotpotqa_nosuch" in capsys.readouterr().err
+    # Real configs with no downloaded reader: each cell names what is missing, all are
+    # tried, and the exit status says some failed.
+    status = reproduce.main(["--table", "hotpotqa", "--workdir", str(tmp_path / "runs"),
+                             "--models_dir", str(tmp_path / "models"), "--seeds", "1",
+                             "--cell", "hotpotqa_emdr", "hotpotqa_g_rerank"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("fid-large-hotpotqa does not exist") == 2
+    assert "2 cell(s) failed: hotpotqa_emdr/seed0, hotpotqa_g_rerank/seed0" in err
+    assert make_tables.main(["--workdir", str(tmp_path / "nosuch")]) == 2
+
+
+def test_cost_table_covers_every_trained_table():
+    rows = {c.table: c for c in costs.table_costs()}
+    assert set(rows) == {"hotpotqa", "musique", "2wiki", "bge", "nq", "triviaqa"}
+    # Twice the passages, about twice the work; HotpotQA's step is the benchmark's shape.
+    assert rows["musique"].step_flops / rows["hotpotqa"].step_flops == pytest.approx(2, 0.05)
+    assert rows["hotpotqa"].step_flops == pytest.approx(113.1e12, rel=0.01)
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert costs.markdown() in readme  # the README's cost table is this module's output
+
+
+def _dry_run(script, *args, **env):
+    import os
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(["bash", str(root / script), *args], capture_output=True,
+                            text=True, env={**os.environ, "DRY_RUN": "1", **env}, check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_tpu_and_gpu_launchers_issue_the_right_commands():
+    status, out, _ = _dry_run("experiments/tpu/create.sh", ACCELERATOR="v4-8", TPU_NAME="t")
+    assert status == 0
+    assert "tpu-vm create t" in out and "--accelerator-type=v4-8" in out
+    assert "--version=tpu-ubuntu2204-base" in out
+    # One v5e host: every worker runs reproduce on local disk, no jax.distributed.
+    status, out, _ = _dry_run("experiments/tpu/launch.sh", "hotpotqa", "--cell",
+                              "hotpotqa_g_rerank")
+    assert status == 0 and "--worker=all" in out
+    command = out.replace("\\", "")
+    assert "experiments.reproduce --table hotpotqa" in command
+    assert "--cell hotpotqa_g_rerank" in command and "--distributed" not in command
+    # A pod slice: one program over all hosts, on the mounted bucket.
+    status, out, _ = _dry_run("experiments/tpu/launch.sh", "nq", ACCELERATOR="v5litepod-16")
+    assert status == 0 and "--distributed" in out and "/mnt/gj_runs" in out
+    status, out, _ = _dry_run("experiments/tpu/setup.sh", ACCELERATOR="v5litepod-16",
+                              BUCKET="gs://b")
+    assert status == 0 and "git" in out and "jax\\[tpu\\]" in out and "gcsfuse" in out
+    status, _, err = _dry_run("experiments/tpu/copy_data.sh", BUCKET="")
+    assert status == 2 and "set BUCKET" in err
+    status, out, _ = _dry_run("experiments/gpu/run.sh", "hotpotqa", "--seeds", "1",
+                              NUM_NODES="2", NODE_RANK="1", COORDINATOR="h0:1234")
+    assert status == 0
+    assert "--distributed --coordinator h0:1234 --num_processes 2 --process_id 1" in out
+    assert "--set model.attention=cudnn" in out
