@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import traceback
@@ -121,9 +122,12 @@ def main(argv=None) -> int:
         return fail(str(error))
     workdir = pathlib.Path(args.workdir)
     if args.list:
-        for cell in cells:
-            print(f"{cell.name:48s} {cell_state(workdir / cell.name):28s} "
-                  f"{', '.join(cell.rows)}")
+        try:
+            for cell in cells:
+                print(f"{cell.name:48s} {cell_state(workdir / cell.name):28s} "
+                      f"{', '.join(cell.rows)}", flush=True)
+        except BrokenPipeError:  # piped into head: stop quietly
+            sys.stdout = open(os.devnull, "w")
         return 0
     return run_cells(cells, {row.run: row for row in rows}, workdir, args)
 
