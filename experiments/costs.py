@@ -8,7 +8,8 @@ Times: the H100 rate is *measured* (the HotpotQA step at batch 32, 0.282 s, 402 
 ``benchmarks/results/2026-11-26``; the 100-passage step at batch 8, 0.752 s, with the
 reranker rematerialised, ``benchmarks/results/2026-11-25``); other shapes on the H100 and
 every TPU figure are *estimates*: FLOPs / (the chips' bf16 peak x the utilisation measured on
-the H100).
+the H100). A table's total adds its rows' methods: their step times relative to G-Rerank's
+were measured on one H100 in one call at HotpotQA's shape (``h100_same_call_b32_*.json``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ NQ_MEASURED_STEP_S = 0.752  # 100 x 256 passages, batch 8, remat (2026-11-25)
 # v4 275 per chip (a v4-8 has 4 chips).
 TPU_PEAK_TFLOPS = {"TPU v5e-8": 8 * 197.0, "TPU v4-8": 4 * 275.0}
 UTILISATION = H100_MEASURED_TFLOPS / H100_PEAK_TFLOPS
+# Step time relative to G-Rerank's (0.2815 s), H100, batch 32 x 10 x 256, one call
+# (benchmarks/results/2026-11-26): EMDR 0.2733 s, LOOP 0.4314 s, ADist 0.2739 s. PDist does
+# EMDR's reader work (each passage read alone), so it takes EMDR's ratio.
+STEP_RATIO = {"G-Rerank": 1.0, "EMDR": 0.2733 / 0.2815, "PDist": 0.2733 / 0.2815,
+              "ADist": 0.2739 / 0.2815}
+LOOP_RATIO_AT_10 = 0.4314 / 0.2815
+
+
+def method_step_ratio(row: str, docs: int) -> float:
+    """A method's step time over G-Rerank's for ``docs`` passages. LOOP's extra work (one
+    decoder pass without each passage) grows with the pool, so its measured excess at 10
+    passages is scaled by docs / 10 (an estimate beyond 10); the others are measured."""
+    if row == "LOOP":
+        return STEP_RATIO["EMDR"] + (LOOP_RATIO_AT_10 - STEP_RATIO["EMDR"]) * docs / 10
+    return STEP_RATIO.get(row, 1.0)  # ablation rows are G-Rerank steps
 # BGE-base's reranker as a T5-shaped encoder without a decoder: the same matrix products.
 XLM_ROBERTA_BASE_AS_ENCODER = T5Config(vocab_size=250002, d_model=768, d_kv=64, d_ff=3072,
                                        num_layers=12, num_decoder_layers=0, num_heads=12)
@@ -57,12 +73,13 @@ def table_costs() -> list[Cost]:
                                      ("2wiki", "2wiki", T5_V1_1_BASE),
                                      ("bge", "hotpotqa", XLM_ROBERTA_BASE_AS_ENCODER),
                                      ("nq", "nq", T5_V1_1_BASE),
-                                     ("triviaqa", "triviaqa", T5_V1_1_BASE)):
+                                     ("triviaqa", "triviaqa", T5_V1_1_BASE),
+                                     ("ablations", "hotpotqa", T5_V1_1_BASE)):
         setup = DATASETS[dataset]
         shape = Shape(setup.batch_size, setup.num_candidates, setup.reader_length,
                       setup.answer_length, 5)
         flops = grerank_step_flops(T5_LARGE, reranker, shape)["total"]
-        if table == "hotpotqa":
+        if table in ("hotpotqa", "ablations"):
             step_s, measured = flops / (H100_MEASURED_TFLOPS * 1e12), True
         elif table in ("nq", "triviaqa"):
             step_s, measured = NQ_MEASURED_STEP_S, table == "nq"  # same shape up to 250/256
@@ -84,19 +101,24 @@ def _duration(hours: float) -> str:
 
 def markdown(seeds: int = 3) -> str:
     lines = ["| table | batch x passages x tokens | steps | TFLOP / step | PFLOP / run "
-             f"| H100, one run | H100, table ({seeds} seeds) | TPU v5e-8, one run (est.) "
-             "| TPU v4-8, one run (est.) |",
+             f"| H100, one G-Rerank run | H100, table ({seeds} seeds) "
+             "| TPU v5e-8, one G-Rerank run (est.) | TPU v4-8, one G-Rerank run (est.) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for cost in table_costs():
         s = cost.shape
-        runs = len(TABLES[cost.table].rows) * seeds
+        # Every row's method at its own step time; the ablations' G-Rerank row is the
+        # HotpotQA table's run.
+        rows = [r for r in TABLES[cost.table].rows
+                if not (cost.table == "ablations" and r == "G-Rerank")]
+        table_hours = seeds * sum(method_step_ratio(r, s.docs) for r in rows) * cost.hours(
+            cost.h100_step_s)
         h100 = _duration(cost.hours(cost.h100_step_s))
         h100 += "" if cost.h100_measured else " (est.)"
         tpus = [_duration(cost.hours(tpu_step_s(cost, peak)))
                 for peak in TPU_PEAK_TFLOPS.values()]
         lines.append(f"| {cost.table} | {s.batch} x {s.docs} x {s.doc_len} | {cost.steps} | "
                      f"{cost.step_flops / 1e12:.0f} | {cost.run_flops / 1e15:.0f} | {h100} | "
-                     f"{_duration(runs * cost.hours(cost.h100_step_s))} | "
+                     f"{_duration(table_hours)} | "
                      f"{' | '.join(tpus)} |")
     return "\n".join(lines)
 

@@ -242,7 +242,10 @@ def test_reproduce_errors_are_clear_and_other_cells_still_run(tmp_path, capsys):
 
 def test_cost_table_covers_every_trained_table():
     rows = {c.table: c for c in costs.table_costs()}
-    assert set(rows) == {"hotpotqa", "musique", "2wiki", "bge", "nq", "triviaqa"}
+    assert set(rows) == {"hotpotqa", "musique", "2wiki", "bge", "nq", "triviaqa", "ablations"}
+    # LOOP's measured excess over EMDR at 10 passages grows with the pool.
+    assert costs.method_step_ratio("LOOP", 10) == pytest.approx(0.4314 / 0.2815)
+    assert costs.method_step_ratio("LOOP", 100) > 6 > costs.method_step_ratio("EMDR", 100)
     # Twice the passages, about twice the work; HotpotQA's step is the benchmark's shape.
     assert rows["musique"].step_flops / rows["hotpotqa"].step_flops == pytest.approx(2, 0.05)
     assert rows["hotpotqa"].step_flops == pytest.approx(113.1e12, rel=0.01)

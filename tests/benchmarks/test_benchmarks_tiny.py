@@ -21,6 +21,14 @@ def test_grerank_step_tiny(tmp_path):
     assert report["final_loss"] == pytest.approx(report["final_loss"])  # finite
 
 
+@pytest.mark.parametrize("objective", ["emdr", "loop", "adist"])
+def test_baseline_steps_tiny(tmp_path, objective):
+    report = _report(tmp_path, grerank_step, ["--size", "tiny", "--steps", "1",
+                                              "--objective", objective])
+    assert report["options"]["objective"] == objective and report["step_s_median"] > 0
+    assert "flops_per_step" not in report  # G-Rerank's count does not apply
+
+
 def test_attention_tiny(tmp_path):
     report = _report(tmp_path, attention, ["--size", "tiny", "--steps", "2"])
     assert report["variants"]["blockwise"]["step_s_median"] > 0

