@@ -128,7 +128,7 @@ def synthetic_batch(rng: np.random.Generator, shape: Shape, vocab: int) -> dict:
     answers = np.where(answer_mask, rng.integers(2, vocab, size=(b, shape.answer_len)), 0)
     return {"reader_ids": ids, "reader_mask": mask, "ranker_ids": ids, "ranker_mask": mask,
             "doc_valid": doc_valid, "answer_ids": answers.astype(np.int32),
-            "answer_mask": answer_mask}
+            "answer_mask": answer_mask, "example_id": np.arange(b, dtype=np.int32)}
 
 
 def time_calls(fn, *, warmup: int, steps: int) -> dict:

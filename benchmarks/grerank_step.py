@@ -7,13 +7,13 @@
 Reports step time, questions/s, peak device memory, FLOPs the gradient needs and model-FLOPs
 utilisation against the device's measured bf16 matrix-product throughput. With
 ``--objective`` a baseline (EMDR, PDist, LOOP, ADist) is timed on the same models and batch;
-its FLOPs are not counted (step time, throughput and memory only).
+its FLOPs are not counted (step time, throughput and memory only). Every objective runs the
+trainer's own jitted step (``gumbel_jax.training.step.make_train_step``).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +23,8 @@ from flax import nnx
 
 from benchmarks import common
 from gumbel_jax.models import FiDReader, RankT5, T5EncoderDecoder
-from gumbel_jax.objectives import g_rerank_loss
 from gumbel_jax.training.config import ObjectiveConfig
-from gumbel_jax.training.step import objective_loss
+from gumbel_jax.training.step import make_train_step
 
 
 def build(args):
@@ -48,49 +47,27 @@ def build(args):
     return reader, ranker, reader_cfg, ranker_cfg
 
 
-def make_step(reader, ranker, tx, *, k, tau, kappa, num_samples, objective="g_rerank"):
-    reader_graph, reader_state = nnx.split(reader)
-    ranker_graph, _ = nnx.split(ranker)
-
-    def loss_fn(ranker_params, reader_state, batch, key):
-        ranker = nnx.merge(ranker_graph, ranker_params)
-        reader = nnx.merge(reader_graph, reader_state)
-        if objective != "g_rerank":  # the trainer's own loss for the baselines
-            return objective_loss(ObjectiveConfig(name=objective, k=k), ranker, reader, batch,
-                                  key)
-        scores = ranker(batch["ranker_ids"], batch["ranker_mask"])
-        memory, valid = reader.encode(batch["reader_ids"], batch["reader_mask"])
-        return g_rerank_loss(key, scores, reader, memory, valid, batch["answer_ids"],
-                             batch["answer_mask"], candidate_valid=batch["doc_valid"], k=k,
-                             tau=tau, kappa=kappa, num_samples=num_samples)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(ranker_params, opt_state, reader_state, batch, key):
-        loss, grads = jax.value_and_grad(loss_fn)(ranker_params, reader_state, batch, key)
-        updates, opt_state = tx.update(grads, opt_state, ranker_params)
-        return optax.apply_updates(ranker_params, updates), opt_state, loss
-
-    return step, reader_state
-
-
 def run(args) -> dict:
     reader, ranker, reader_cfg, ranker_cfg = build(args)
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     batch = common.synthetic_batch(np.random.default_rng(0), shape, reader_cfg.vocab_size)
     batch = jax.device_put(batch)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5))
-    _, ranker_params = nnx.split(ranker)
+    ranker_graph, ranker_params = nnx.split(ranker)
     opt_state = tx.init(ranker_params)
-    step, reader_state = make_step(reader, ranker, tx, k=args.k, tau=0.5, kappa=1.0,
-                                   num_samples=args.num_samples, objective=args.objective)
+    # The trainer's own step (training.step): the objective's loss, gradient, optimizer update.
+    objective = ObjectiveConfig(name=args.objective, k=args.k, tau=0.5, kappa=1.0,
+                                num_samples=args.num_samples)
+    reader_graph, reader_state = nnx.split(reader)
+    step = make_train_step(ranker_graph, reader_graph, tx, objective)
     state = {"params": ranker_params, "opt": opt_state, "step": 0}
 
     def one_step():
         key = jax.random.fold_in(jax.random.key(0), state["step"])
-        state["params"], state["opt"], loss = step(state["params"], state["opt"], reader_state,
-                                                   batch, key)
+        state["params"], state["opt"], out = step(state["params"], state["opt"], reader_state,
+                                                  batch, key)
         state["step"] += 1
-        return loss
+        return out["loss"]
 
     timing = common.time_calls(one_step, warmup=args.warmup, steps=args.steps)
     loss = float(one_step())
