@@ -20,15 +20,15 @@ import sys
 
 from experiments.cli import fail
 from experiments.paper import TABLES, PaperRow, load_rows
-from experiments.reproduce import cell_state
+from experiments.reproduce import cell_state, is_finished
 
 
 def seed_results(workdir: pathlib.Path, run: str) -> dict[str, list[dict]]:
     """``{"eval": [per-seed metrics], "mining": [...]}`` of a run's finished seeds."""
     results = {"eval": [], "mining": []}
     for folder in sorted((workdir / run).glob("seed*")):
-        if not (folder / "eval.json").is_file():
-            continue  # not finished
+        if not is_finished(folder):
+            continue
         for source in results:
             path = folder / f"{source}.json"
             if path.is_file():

@@ -20,6 +20,8 @@ from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig, TrainCo
 from gumbel_jax.training.experiment import DataConfig, ExperimentConfig, ModelConfig
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs" / "paper"
+# The ModelConfig fields that name a checkpoint or tokenizer (a hub id or a folder).
+MODEL_PATH_FIELDS = ("reader", "reranker", "reader_tokenizer", "reranker_tokenizer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +203,7 @@ def resolve_paths(experiment: ExperimentConfig, *, data_dir: str,
     one are Hugging Face hub ids or absolute paths and stay."""
     model = experiment.model
     local = {}
-    for field in ("reader", "reranker", "reader_tokenizer", "reranker_tokenizer"):
+    for field in MODEL_PATH_FIELDS:
         name = getattr(model, field)
         if name and name != "tiny" and "/" not in name:
             local[field] = str(pathlib.Path(models_dir) / name)

@@ -22,7 +22,7 @@ import sys
 import traceback
 
 from experiments.cli import add_parallel_arguments, fail, start_parallel
-from experiments.paper import TABLES, PaperRow, load_rows, resolve_paths
+from experiments.paper import MODEL_PATH_FIELDS, TABLES, PaperRow, load_rows, resolve_paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +60,14 @@ def select(cells: list[Cell], names: list[str]) -> list[Cell]:
     return chosen
 
 
+def is_finished(folder: pathlib.Path) -> bool:
+    """A run writes eval.json last, so its presence marks a finished cell."""
+    return (folder / "eval.json").is_file()
+
+
 def cell_state(folder: pathlib.Path) -> str:
     """"finished", "interrupted at step N" or "not started"."""
-    if (folder / "eval.json").is_file():
+    if is_finished(folder):
         return "finished"
     metrics = folder / "metrics.jsonl"
     if metrics.is_file():
@@ -85,9 +90,9 @@ def cell_config(row: PaperRow, seed: int, args):
 
 def _check_models(config) -> None:
     """A missing local model folder is named before anything is built."""
-    for field in ("reader", "reranker", "reader_tokenizer", "reranker_tokenizer"):
+    for field in MODEL_PATH_FIELDS:
         name = getattr(config.model, field)
-        if name and name != "tiny" and name.startswith("/") and not pathlib.Path(name).exists():
+        if name.startswith("/") and not pathlib.Path(name).exists():
             raise FileNotFoundError(f"model.{field}: {name} does not exist (download it first; "
                                     "see the README's 'Reproduce the paper')")
 

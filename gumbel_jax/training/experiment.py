@@ -229,15 +229,14 @@ def validate_model(config: ModelConfig) -> None:
     if config.attention not in ("", "xla", "cudnn"):
         raise ValueError(f"model.attention={config.attention!r}; expected '', 'xla' or "
                          "'cudnn'")
-    for field in ("reader_architecture", "reranker_architecture"):
-        name = getattr(config, field)
-        if name:
-            from gumbel_jax.models.presets import architecture
+    from gumbel_jax.models.presets import architecture
 
-            try:
-                architecture(name)
-            except ValueError as error:
-                raise ValueError(f"model.{field}: {error}") from None
+    for field in ("reader_architecture", "reranker_architecture"):
+        try:
+            if getattr(config, field):
+                architecture(getattr(config, field))
+        except ValueError as error:
+            raise ValueError(f"model.{field}: {error}") from None
 
 
 def _featurizer(config: ExperimentConfig, reader_tokenizer, ranker_tokenizer) -> Featurizer:
@@ -274,6 +273,15 @@ def _mining_records(train_source, count: int):
     return [as_record(train_source[i]) for i in range(min(count, len(train_source)))]
 
 
+def _evaluate_held_out(config: ExperimentConfig, ranker, reader, eval_records, featurize):
+    """Rank the held-out questions and let the reader answer from the top k."""
+    from gumbel_jax.training.evaluation import evaluate
+
+    return evaluate(ranker, reader, eval_records, featurize, k=config.train.objective.k,
+                    batch_size=config.data.batch_size, tokenizer=featurize.reader_tokenizer,
+                    max_answer_length=config.data.answer_length)
+
+
 def run_training(config: ExperimentConfig, workdir, *, mesh=None) -> dict:
     from gumbel_jax.training.evaluation import evaluate, write_evaluation
     from gumbel_jax.training.loop import train
@@ -303,10 +311,7 @@ def run_training(config: ExperimentConfig, workdir, *, mesh=None) -> dict:
         if jax.process_index() != 0:
             return metrics
     if not metrics.get("preempted"):
-        results = evaluate(ranker, reader, eval_records, featurize, k=config.train.objective.k,
-                           batch_size=config.data.batch_size,
-                           tokenizer=featurize.reader_tokenizer,
-                           max_answer_length=config.data.answer_length)
+        results = _evaluate_held_out(config, ranker, reader, eval_records, featurize)
         if config.data.num_mining:
             mining = evaluate(ranker, reader, _mining_records(train_source,
                                                               config.data.num_mining),
@@ -326,7 +331,7 @@ def run_evaluation(workdir) -> dict:
     import orbax.checkpoint as ocp
     from flax import nnx
 
-    from gumbel_jax.training.evaluation import evaluate, write_evaluation
+    from gumbel_jax.training.evaluation import write_evaluation
 
     workdir = pathlib.Path(workdir)
     saved = workdir / "experiment.json"
@@ -346,9 +351,7 @@ def run_evaluation(workdir) -> dict:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore({"params": params, "opt_state": opt_state})))
     nnx.update(ranker, restored["state"]["params"])
-    results = evaluate(ranker, reader, eval_records, featurize, k=config.train.objective.k,
-                       batch_size=config.data.batch_size, tokenizer=featurize.reader_tokenizer,
-                       max_answer_length=config.data.answer_length)
+    results = _evaluate_held_out(config, ranker, reader, eval_records, featurize)
     write_evaluation(workdir, results)
     return {"step": step, **results["metrics"]}
 
