@@ -19,7 +19,25 @@ def load_config(path: str, overrides: list[str]):
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path}: a config file must define get_config()")
-    return apply_overrides(module.get_config(), overrides)
+    config = apply_overrides(module.get_config(), overrides)
+    data = getattr(config, "data", None)
+    if data is not None and getattr(data, "data_dir", ""):
+        # A prepared dataset's folder, e.g. --set data.data_dir=~/tfds, resolved like the
+        # command-line paths (tfds does not expand "~").
+        import dataclasses
+
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(data, data_dir=user_path(data.data_dir)))
+    return config
+
+
+def user_path(text: str) -> str:
+    """A path given on the command line, resolved once here: ``~`` expanded and made
+    absolute (orbax refuses relative checkpoint paths; tfds does not expand ``~``). URLs such
+    as ``gs://bucket/run`` pass through unchanged. Use as an argparse ``type``."""
+    if not text or "://" in text:
+        return text
+    return str(pathlib.Path(text).expanduser().absolute())
 
 
 def fail(message: str) -> int:

@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 
-from experiments.cli import fail
+from experiments.cli import fail, user_path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, type=user_path)
     args = p.parse_args(argv)
     from gumbel_jax.training.experiment import run_evaluation
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from experiments.cli import user_path
 from gumbel_jax.data.validation import DataError
 
 
@@ -20,8 +21,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
-    p.add_argument("--source", help="folder with the official files (not for synthetic)")
-    p.add_argument("--data_dir", required=True, help="tfds data_dir (local path or gs://)")
+    p.add_argument("--source", type=user_path, help="folder with the official files (not for synthetic)")
+    p.add_argument("--data_dir", required=True, type=user_path, help="tfds data_dir (local path or gs://)")
     p.add_argument("--max_bad_records", type=int, default=100)
     args = p.parse_args(argv)
     builder_class = BUILDERS[args.dataset]

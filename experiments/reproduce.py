@@ -21,7 +21,7 @@ import pathlib
 import sys
 import traceback
 
-from experiments.cli import add_parallel_arguments, fail, start_parallel
+from experiments.cli import add_parallel_arguments, fail, start_parallel, user_path
 from experiments.paper import MODEL_PATH_FIELDS, TABLES, PaperRow, load_rows, resolve_paths
 
 
@@ -80,9 +80,9 @@ def cell_state(folder: pathlib.Path) -> str:
 def cell_config(row: PaperRow, seed: int, args):
     from gumbel_jax.training.config import apply_overrides
 
-    models_dir = pathlib.Path(args.models_dir).expanduser().resolve()
+    # --models_dir and --data_dir were made absolute by argparse (cli.user_path).
     experiment = resolve_paths(row.experiment, data_dir=args.data_dir,
-                               models_dir=str(models_dir))
+                               models_dir=args.models_dir)
     experiment = dataclasses.replace(
         experiment, train=dataclasses.replace(experiment.train, seed=seed))
     return apply_overrides(experiment, args.set)
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", nargs="+", required=True, metavar="TABLE",
                    help=f"one or more of: {', '.join(TABLES)}, or all")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--data_dir", default="", help="tfds data_dir of the prepared datasets")
-    p.add_argument("--models_dir", default="models",
+    p.add_argument("--workdir", required=True, type=user_path)
+    p.add_argument("--data_dir", default="", type=user_path, help="tfds data_dir of the prepared datasets")
+    p.add_argument("--models_dir", default="models", type=user_path,
                    help="folder of the local checkpoints the configs name without a '/'")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--cell", nargs="+", default=[], metavar="NAME",

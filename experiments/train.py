@@ -10,13 +10,19 @@ import argparse
 import json
 import sys
 
-from experiments.cli import add_parallel_arguments, fail, load_config, start_parallel
+from experiments.cli import (
+    add_parallel_arguments,
+    fail,
+    load_config,
+    start_parallel,
+    user_path,
+)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, type=user_path)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.objective.tau=0.3")
     add_parallel_arguments(p)

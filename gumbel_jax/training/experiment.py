@@ -333,7 +333,7 @@ def run_evaluation(workdir) -> dict:
 
     from gumbel_jax.training.evaluation import write_evaluation
 
-    workdir = pathlib.Path(workdir)
+    workdir = pathlib.Path(workdir).absolute()  # orbax needs an absolute path
     saved = workdir / "experiment.json"
     if not saved.is_file():
         raise FileNotFoundError(f"{workdir}: no experiment.json (not a training run folder)")

@@ -65,7 +65,8 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     lands on whatever mesh is given.
     Returns the last step's metrics.
     """
-    workdir = pathlib.Path(workdir)
+    # orbax needs an absolute checkpoint path; library callers may pass a relative one.
+    workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     ranker_graph, params = nnx.split(ranker)
     reader_graph, reader_state = nnx.split(reader)

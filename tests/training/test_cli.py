@@ -23,10 +23,13 @@ def test_every_config_builds(path):
     assert len(eval_records) == 8 and featurize(eval_records[0])["doc_valid"].any()
 
 
-def test_train_then_evaluate_cli(tmp_path, capsys):
+def test_train_then_evaluate_cli(tmp_path, capsys, monkeypatch):
     config = str(CONFIGS[[p.name for p in CONFIGS].index("synthetic_g_rerank.py")])
-    workdir = tmp_path / "run"
-    assert train_cli.main(["--config", config, "--workdir", str(workdir),
+    # A relative --workdir, as the README's commands use (orbax refuses relative paths: the
+    # CLI resolves them).
+    monkeypatch.chdir(tmp_path)
+    workdir = tmp_path / "runs" / "run"
+    assert train_cli.main(["--config", config, "--workdir", "runs/run",
                            *sum((["--set", s] for s in SMALL), [])]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["step"] == 4 and "indirect_recall@5" in printed
@@ -35,7 +38,7 @@ def test_train_then_evaluate_cli(tmp_path, capsys):
         assert (workdir / name).is_file()
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["2", "4"]
-    assert evaluate_cli.main(["--workdir", str(workdir)]) == 0
+    assert evaluate_cli.main(["--workdir", "runs/run"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["step"] == 4
     assert evaluated["recall@5"] == pytest.approx(printed["recall@5"])
@@ -50,3 +53,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no such config file" in capsys.readouterr().err
     assert evaluate_cli.main(["--workdir", str(tmp_path / "nothing")]) == 2
     assert "no experiment.json" in capsys.readouterr().err
+
+
+def test_user_paths_are_resolved_once(tmp_path, monkeypatch):
+    from experiments.cli import user_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_path("runs/x") == str(tmp_path / "runs" / "x")
+    assert user_path("~/tfds") == str(tmp_path / "home" / "tfds")
+    assert user_path("gs://bucket/run") == "gs://bucket/run"
+    config = str(CONFIGS[[p.name for p in CONFIGS].index("synthetic_g_rerank.py")])
+    assert load_config(config, ["data.data_dir=~/tfds"]).data.data_dir == str(
+        tmp_path / "home" / "tfds")
