@@ -14,34 +14,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gumbel_jax.models import T5Config
+from gumbel_jax.models import RANKT5_SCORE_TOKEN_ID, T5Config
+from gumbel_jax.models.attention import DmaMethod
+from gumbel_jax.training.config import AttentionKernel, ComputeDtype, ModelConfig, choices
 
-RANKT5_SCORE_TOKEN = 32089
-
-
-def t5_large_reader(**overrides) -> T5Config:
-    """FiD-Large: T5-large shapes (original T5: ReLU, tied head), 24 + 24 layers."""
-    return T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=4096, num_layers=24,
-                    num_decoder_layers=24, num_heads=16, feed_forward_proj="relu",
-                    tie_word_embeddings=True, **overrides)
+TINY_VOCAB = 512  # the tiny models' vocabulary (random tokens, no tokenizer)
 
 
-def rankt5_base_reranker(**overrides) -> T5Config:
-    """RankT5-base: T5-base shapes (v1.1 / Flan layout: gated GELU, untied head)."""
-    return T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12,
-                    num_decoder_layers=12, num_heads=12, feed_forward_proj="gated-gelu",
-                    tie_word_embeddings=False, **overrides)
+def model_config(size: str, **settings) -> ModelConfig:
+    """The models a benchmark builds, as the ``ModelConfig`` the trainer would get, so
+    ``training.factory.build_models`` makes the same models (and so the same step) for both.
+
+    paper: FiD-Large (t5-large) reader and RankT5-base (t5 v1.1 base layout) reranker with
+    random weights of the public shapes; tiny: the trainer's tiny models (CPU smoke runs).
+    ``settings``: other ModelConfig fields (dtype, attention, dma, remat).
+    """
+    if size == "paper":
+        return ModelConfig(reader="fid-large", reranker="rankt5-base", reader_init="random",
+                           reranker_init="random", reader_architecture="t5-large",
+                           reranker_architecture="t5-v1_1-base",
+                           score_token_id=RANKT5_SCORE_TOKEN_ID, **settings)
+    return ModelConfig(reader="tiny", reranker="tiny", d_model=64, num_layers=2, num_heads=4,
+                       score_token_id=7, **settings)
 
 
-def tiny_reader(**overrides) -> T5Config:
-    return T5Config(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2,
-                    num_decoder_layers=2, num_heads=4, **overrides)
+def add_model_arguments(parser) -> None:
+    """The model flags shared by the step benchmarks: each is a ``ModelConfig`` field, with
+    its choices taken from the config's types."""
+    parser.add_argument("--dtype", default="bfloat16", choices=choices(ComputeDtype))
+    parser.add_argument("--dma", default="bias", choices=choices(DmaMethod),
+                        help="document-masked attention method")
+    parser.add_argument("--attention", default="", choices=choices(AttentionKernel),
+                        help="kernel of every attention layer ('' = einsum)")
+    parser.add_argument("--remat", action="store_true", help="rematerialise reranker layers")
 
 
-def tiny_reranker(**overrides) -> T5Config:
-    return T5Config(vocab_size=512, d_model=48, d_kv=16, d_ff=96, num_layers=2,
-                    num_decoder_layers=1, num_heads=3, feed_forward_proj="gated-gelu",
-                    tie_word_embeddings=False, **overrides)
+def model_settings(args) -> dict:
+    return {"dtype": args.dtype, "dma": args.dma, "attention": args.attention,
+            "remat": args.remat}
 
 
 @dataclasses.dataclass(frozen=True)

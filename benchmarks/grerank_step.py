@@ -16,51 +16,50 @@ from __future__ import annotations
 import argparse
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from benchmarks import common
-from gumbel_jax.models import FiDReader, RankT5, T5EncoderDecoder
-from gumbel_jax.training.config import ObjectiveConfig
-from gumbel_jax.training.step import make_train_step
+from gumbel_jax.training.config import OBJECTIVES, ObjectiveConfig, OptimizerConfig
+from gumbel_jax.training.factory import build_models, model_architectures
+from gumbel_jax.training.step import make_optimizer, make_train_step
 
 
-def build(args):
-    dtype = jnp.dtype(args.dtype)
-    overrides = dict(dtype=dtype, attention_implementation=args.self_attention)
-    if args.size == "paper":
-        reader_cfg = common.t5_large_reader(**overrides)
-        ranker_cfg = common.rankt5_base_reranker(remat=args.remat, **overrides)
-        score_token = common.RANKT5_SCORE_TOKEN
+def model_config(args):
+    """The benchmark's models as the trainer's ``ModelConfig`` (see ``common.model_config``)."""
+    return common.model_config(args.size, **common.model_settings(args))
+
+
+def make_step(args, *, abstract: bool = False):
+    """(jitted step, (params, opt_state, reader_state, batch), architectures): the trainer's
+    own step (``training.step.make_train_step`` with ``make_optimizer``) on models from the
+    trainer's factory. ``abstract``: shapes only (for lowering and FLOP counts on any
+    machine)."""
+    config = model_config(args)
+    reader, ranker = build_models(config, vocab_size=common.TINY_VOCAB, seed=0,
+                                  abstract=abstract)
+    shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
+    batch = common.synthetic_batch(np.random.default_rng(0), shape, common.TINY_VOCAB
+                                   if config.reader == "tiny" else 32128)
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-5), num_steps=1000)
+    ranker_graph, ranker_params = nnx.split(ranker)
+    reader_graph, reader_state = nnx.split(reader)
+    opt_state = (jax.eval_shape if abstract else lambda f, x: f(x))(tx.init, ranker_params)
+    objective = ObjectiveConfig(name=args.objective, k=args.k, tau=0.5, kappa=1.0,
+                                num_samples=args.num_samples)
+    step = make_train_step(ranker_graph, reader_graph, tx, objective)
+    if abstract:
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
     else:
-        reader_cfg = common.tiny_reader(**overrides)
-        ranker_cfg = common.tiny_reranker(remat=args.remat, **overrides)
-        score_token = 7
-    reader = FiDReader(T5EncoderDecoder(reader_cfg, rngs=nnx.Rngs(0)), method=args.dma,
-                       implementation=args.cross_attention)
-    # The reader is frozen: keep its weights in the compute dtype (no master copy needed).
-    reader_state = jax.tree.map(lambda x: x.astype(dtype), nnx.state(reader))
-    nnx.update(reader, reader_state)
-    ranker = RankT5(T5EncoderDecoder(ranker_cfg, rngs=nnx.Rngs(1)), score_token_id=score_token)
-    return reader, ranker, reader_cfg, ranker_cfg
+        batch = jax.device_put(batch)
+    return step, (ranker_params, opt_state, reader_state, batch), model_architectures(
+        config, common.TINY_VOCAB)
 
 
 def run(args) -> dict:
-    reader, ranker, reader_cfg, ranker_cfg = build(args)
+    step, (params, opt_state, reader_state, batch), (reader_cfg, ranker_cfg) = make_step(args)
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
-    batch = common.synthetic_batch(np.random.default_rng(0), shape, reader_cfg.vocab_size)
-    batch = jax.device_put(batch)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5))
-    ranker_graph, ranker_params = nnx.split(ranker)
-    opt_state = tx.init(ranker_params)
-    # The trainer's own step (training.step): the objective's loss, gradient, optimizer update.
-    objective = ObjectiveConfig(name=args.objective, k=args.k, tau=0.5, kappa=1.0,
-                                num_samples=args.num_samples)
-    reader_graph, reader_state = nnx.split(reader)
-    step = make_train_step(ranker_graph, reader_graph, tx, objective)
-    state = {"params": ranker_params, "opt": opt_state, "step": 0}
+    state = {"params": params, "opt": opt_state, "step": 0}
 
     def one_step():
         key = jax.random.fold_in(jax.random.key(0), state["step"])
@@ -73,8 +72,7 @@ def run(args) -> dict:
     loss = float(one_step())
     report = {
         "benchmark": "grerank_step", "size": args.size, "shape": vars(shape),
-        "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma",
-                                                  "cross_attention", "self_attention",
+        "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention",
                                                   "remat", "num_samples")},
         "device": common.device_description(), **timing,
         "questions_per_s": args.batch / timing["step_s_median"],
@@ -96,13 +94,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_shape_arguments(p)
     p.add_argument("--objective", default="g_rerank",
-                   choices=["g_rerank", "emdr", "pdist", "loop", "adist"])
+                   choices=[name for name in OBJECTIVES if name != "supervised"])
     p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--dma", choices=["bias", "blockwise"], default="bias")
-    p.add_argument("--cross_attention", choices=["xla", "cudnn"], default=None)
-    p.add_argument("--self_attention", choices=["xla", "cudnn"], default=None)
-    p.add_argument("--remat", action="store_true", help="rematerialise reranker layers")
+    common.add_model_arguments(p)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--measure_peak", action="store_true")

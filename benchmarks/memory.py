@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks import common, grerank_step
+from gumbel_jax.training.config import AttentionKernel, choices
 
 
 def run(args) -> dict:
@@ -23,8 +24,7 @@ def run(args) -> dict:
             "--size", args.size, "--batch", str(batch), "--docs", str(args.docs),
             "--doc_len", str(args.doc_len), "--answer_len", str(args.answer_len),
             "--steps", "1", "--warmup", "1", *(["--remat"] if args.remat else []),
-            *(["--self_attention", args.self_attention] if args.self_attention else []),
-            *(["--cross_attention", args.cross_attention] if args.cross_attention else [])])
+            "--attention", args.attention])
         try:
             result = grerank_step.run(step_args)
         except Exception as error:
@@ -48,8 +48,8 @@ def main(argv=None):
     p.add_argument("--doc_len", type=int, default=None)
     p.add_argument("--answer_len", type=int, default=None)
     p.add_argument("--remat", action="store_true")
-    p.add_argument("--self_attention", choices=["xla", "cudnn"], default=None)
-    p.add_argument("--cross_attention", choices=["xla", "cudnn"], default=None)
+    p.add_argument("--attention", default="", choices=choices(AttentionKernel),
+                   help="kernel of every attention layer ('' = einsum)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.batch = None  # memory tries every size in --batches

@@ -19,6 +19,8 @@ import time
 import numpy as np
 
 from benchmarks import common
+from gumbel_jax.models import RANKT5_SCORE_TOKEN_ID
+from gumbel_jax.training.factory import model_architectures
 
 
 def _hf_config(config, transformers, attn_implementation):
@@ -138,7 +140,8 @@ def _consistency_check(device: str) -> dict:
     from gumbel_jax.checkpoints import t5_from_tensors
     from gumbel_jax.models import FiDReader, RankT5
 
-    reader_cfg, ranker_cfg = common.tiny_reader(), common.tiny_reranker()
+    reader_cfg, ranker_cfg = model_architectures(
+        common.model_config("tiny", dtype="float32"), common.TINY_VOCAB)
     shape = common.Shape(batch=3, docs=6, doc_len=12, answer_len=5, k=3)
     ref = TorchGRerank(reader_cfg, ranker_cfg, device=device, reader_dtype=torch.float32,
                        score_token=7, k=shape.k)
@@ -157,12 +160,12 @@ def _consistency_check(device: str) -> dict:
     ranker = RankT5(t5_from_tensors(ranker_cfg, numpy_state(ref.ranker)), score_token_id=7)
     jb = jax.tree.map(jnp.asarray, batch)
     scores = ranker(jb["ranker_ids"], jb["ranker_mask"])
-    memory, valid = reader.encode(jb["reader_ids"], jb["reader_mask"])
+    memory = reader.encode(jb["reader_ids"], jb["reader_mask"])
 
     def loss_of_scores(scores):
         log_mask = ops.log_relaxed_topk_from_noise(scores, jnp.asarray(noise), tau=0.5,
                                                    kappa=1.0, valid=jb["doc_valid"])
-        log_probs = reader.token_log_probs(memory, valid, jb["answer_ids"], jb["answer_mask"],
+        log_probs = reader.token_log_probs(memory, jb["answer_ids"], jb["answer_mask"],
                                            log_mask)
         return -(log_probs.sum(-1) / jb["answer_mask"].sum(-1)).mean()
 
@@ -188,12 +191,15 @@ def run(args) -> dict:
     if args.check:
         report["consistency"] = consistency_check(device)
     paper = args.size == "paper"
-    reader_cfg = common.t5_large_reader() if paper else common.tiny_reader()
-    ranker_cfg = common.rankt5_base_reranker() if paper else common.tiny_reranker()
+    # The same architectures the JAX benchmark builds (float32 configs: the PyTorch model
+    # sets its own dtypes).
+    reader_cfg, ranker_cfg = model_architectures(common.model_config(args.size,
+                                                                     dtype="float32"),
+                                                 common.TINY_VOCAB)
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     report["shape"] = dataclasses.asdict(shape)
     model = TorchGRerank(reader_cfg, ranker_cfg, device=device, reader_dtype=torch.bfloat16,
-                         score_token=common.RANKT5_SCORE_TOKEN if paper else 7, k=args.k)
+                         score_token=RANKT5_SCORE_TOKEN_ID if paper else 7, k=args.k)
     batch = _to_torch(common.synthetic_batch(np.random.default_rng(0), shape,
                                              reader_cfg.vocab_size), torch, device)
     generator = torch.Generator(device=device).manual_seed(0)

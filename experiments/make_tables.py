@@ -109,7 +109,8 @@ def markdown(rows: list[PaperRow], entries: dict[tuple[str, str], list[dict]],
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, type=user_path)
-    p.add_argument("--out", default=None, type=user_path, help="output folder (default: the workdir)")
+    p.add_argument("--out", default=None, type=user_path,
+                   help="output folder (default: the workdir)")
     p.add_argument("--seeds", type=int, default=3,
                    help="seeds expected per run (for the missing list)")
     args = p.parse_args(argv)

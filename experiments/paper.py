@@ -16,8 +16,15 @@ import dataclasses
 import importlib.util
 import pathlib
 
-from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig, TrainConfig
-from gumbel_jax.training.experiment import DataConfig, ExperimentConfig, ModelConfig
+from gumbel_jax.models import RANKT5_SCORE_TOKEN_ID
+from gumbel_jax.training.config import (
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimizerConfig,
+    TrainConfig,
+)
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs" / "paper"
 # The ModelConfig fields that name a checkpoint or tokenizer (a hub id or a folder).
@@ -111,7 +118,7 @@ DATASETS = {
 }
 
 RANKT5 = dict(reranker="Soyoung97/RankT5-base", reranker_kind="rankt5",
-              reranker_architecture="t5-v1_1-base", score_token_id=32089)
+              reranker_architecture="t5-v1_1-base", score_token_id=RANKT5_SCORE_TOKEN_ID)
 BGE = dict(reranker="BAAI/bge-reranker-base", reranker_kind="cross_encoder",
            reranker_architecture="xlm-roberta-base")
 METHODS = {"G-Rerank": "g_rerank", "EMDR": "emdr", "PDist": "pdist", "LOOP": "loop",

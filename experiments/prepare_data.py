@@ -21,7 +21,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
-    p.add_argument("--source", type=user_path, help="folder with the official files (not for synthetic)")
+    p.add_argument("--source", type=user_path,
+                   help="folder with the official files (not for synthetic)")
     p.add_argument("--data_dir", required=True, type=user_path, help="tfds data_dir (local path or gs://)")
     p.add_argument("--max_bad_records", type=int, default=100)
     args = p.parse_args(argv)

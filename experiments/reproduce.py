@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--table", nargs="+", required=True, metavar="TABLE",
                    help=f"one or more of: {', '.join(TABLES)}, or all")
     p.add_argument("--workdir", required=True, type=user_path)
-    p.add_argument("--data_dir", default="", type=user_path, help="tfds data_dir of the prepared datasets")
+    p.add_argument("--data_dir", default="", type=user_path,
+                   help="tfds data_dir of the prepared datasets")
     p.add_argument("--models_dir", default="models", type=user_path,
                    help="folder of the local checkpoints the configs name without a '/'")
     p.add_argument("--seeds", type=int, default=3)

@@ -63,7 +63,7 @@ def _sampled_topk_mask(key, scores, k, candidate_valid):
     return jnp.where(candidate_valid, hard, 0.0)
 
 
-def g_rerank_loss(key, scores, reader, memory, memory_valid, answer_ids, answer_mask, *,
+def g_rerank_loss(key, scores, reader, memory, answer_ids, answer_mask, *,
                   candidate_valid, k: int, tau: float = 0.5, kappa: float = 1.0,
                   num_samples: int = 1, relaxation: Relaxation = "l2x"):
     """Mean over questions (and Gumbel draws) of the answer's per-token NLL under the mask.
@@ -71,9 +71,9 @@ def g_rerank_loss(key, scores, reader, memory, memory_valid, answer_ids, answer_
     Args:
       key: one PRNG key for the batch, or ``[batch]`` per-question keys.
       scores: ``[batch, docs]`` reranker scores; the only input that carries a gradient.
-      reader: a frozen ``FiDReader``.
-      memory, memory_valid: the reader's encoder output for the batch (computed once and
-        shared by every draw).
+      reader: a frozen reader (``gumbel_jax.models.reader.Reader``, e.g. ``FiDReader``).
+      memory: the reader's encoded passages for the batch (``Reader.encode``: computed once
+        and shared by every draw).
       answer_ids, answer_mask: ``[batch, tgt_len]`` gold answers.
       candidate_valid: ``[batch, docs]`` boolean, False for padded candidates.
       k, tau, kappa: relaxed top-k settings (paper: k = 5, tau = 0.5, kappa = 1).
@@ -89,8 +89,7 @@ def g_rerank_loss(key, scores, reader, memory, memory_valid, answer_ids, answer_
     def one_draw(draw_key):
         log_mask = document_log_mask(draw_key, scores, k, tau=tau, kappa=kappa,
                                      candidate_valid=candidate_valid, relaxation=relaxation)
-        log_probs = reader.token_log_probs(memory, memory_valid, answer_ids, answer_mask,
-                                           log_mask)
+        log_probs = reader.token_log_probs(memory, answer_ids, answer_mask, log_mask)
         return -(log_probs.sum(-1) / tokens).mean()
 
     if num_samples == 1:
@@ -122,20 +121,16 @@ def _kl_to_reranker(target_logits, scores, valid, theta):
     return (target * (target_log - predicted_log)).sum(-1).mean()
 
 
-def per_document_token_log_probs(reader, memory, memory_valid, answer_ids, answer_mask,
-                                 num_docs: int):
+def per_document_token_log_probs(reader, memory, answer_ids, answer_mask):
     """log p(answer token | question, passage i read alone): ``[batch, docs, tgt_len]``.
 
-    Each passage becomes its own one-passage question (FiD encodes passages independently,
-    so the encoder output is reused, not recomputed)."""
-    batch, keys, width = memory.shape
-    doc_len = keys // num_docs
-    memory = memory.reshape(batch * num_docs, doc_len, width)
-    memory_valid = memory_valid.reshape(batch * num_docs, doc_len)
+    Each passage becomes its own one-passage question (``Memory.split_documents``: passages
+    are encoded independently, so the encoder output is reused, not recomputed)."""
+    num_docs = memory.num_docs
     repeat = lambda x: jnp.repeat(x, num_docs, axis=0)
-    log_probs = reader.token_log_probs(memory, memory_valid, repeat(answer_ids),
+    log_probs = reader.token_log_probs(memory.split_documents(), repeat(answer_ids),
                                        repeat(answer_mask))
-    return jax.lax.stop_gradient(log_probs.reshape(batch, num_docs, -1))
+    return jax.lax.stop_gradient(log_probs.reshape(memory.batch_size, num_docs, -1))
 
 
 def emdr_loss(scores, per_doc_log_probs, answer_mask, candidate_valid, *, theta=0.01):
@@ -161,8 +156,7 @@ def pdist_loss(scores, per_doc_log_probs, answer_mask, candidate_valid, *, theta
     return _kl_to_reranker(mean_log_prob / temperature, scores, candidate_valid, theta)
 
 
-def leave_one_out_losses(reader, memory, memory_valid, answer_ids, answer_mask,
-                         candidate_valid):
+def leave_one_out_losses(reader, memory, answer_ids, answer_mask, candidate_valid):
     """Answer NLL (mean over tokens) with all passages but ``i``: ``[batch, docs]``."""
     num_docs = candidate_valid.shape[-1]
     tokens = jnp.maximum(answer_mask.sum(-1), 1)
@@ -170,8 +164,7 @@ def leave_one_out_losses(reader, memory, memory_valid, answer_ids, answer_mask,
     def without(i):
         drop = jax.nn.one_hot(i, num_docs, dtype=bool)[None]
         log_mask = jnp.where(drop | ~candidate_valid, ops.mask_value(jnp.float32), 0.0)
-        log_probs = reader.token_log_probs(memory, memory_valid, answer_ids, answer_mask,
-                                           log_mask)
+        log_probs = reader.token_log_probs(memory, answer_ids, answer_mask, log_mask)
         return -log_probs.sum(-1) / tokens
 
     return jax.lax.stop_gradient(jax.lax.map(without, jnp.arange(num_docs)).T)

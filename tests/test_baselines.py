@@ -20,9 +20,9 @@ def case():
     mask = jnp.ones((2, 4, 6), bool).at[1, 3].set(False)
     answers = jnp.asarray(rng.integers(2, 64, size=(2, 3)), jnp.int32)
     answer_mask = jnp.ones((2, 3), bool).at[1, 2].set(False)
-    memory, valid = reader.encode(ids, mask)
+    memory = reader.encode(ids, mask)
     scores = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
-    return reader, ids, mask, answers, answer_mask, memory, valid, scores, mask.any(-1)
+    return reader, ids, mask, answers, answer_mask, memory, scores, mask.any(-1)
 
 
 def _alone(reader, ids, mask, answers, answer_mask):
@@ -30,8 +30,8 @@ def _alone(reader, ids, mask, answers, answer_mask):
     out = np.zeros((2, 4, 3))
     for b in range(2):
         for i in range(4):
-            memory, valid = reader.encode(ids[b:b + 1, i:i + 1], mask[b:b + 1, i:i + 1])
-            out[b, i] = reader.token_log_probs(memory, valid, answers[b:b + 1],
+            memory = reader.encode(ids[b:b + 1, i:i + 1], mask[b:b + 1, i:i + 1])
+            out[b, i] = reader.token_log_probs(memory, answers[b:b + 1],
                                                answer_mask[b:b + 1])[0]
     return out
 
@@ -47,9 +47,8 @@ def _np_kl(target_logits, scores, valid, theta):
 
 
 def test_per_document_log_probs_and_emdr_pdist_match_numpy(case):
-    reader, ids, mask, answers, answer_mask, memory, valid, scores, doc_valid = case
-    per_doc = objectives.per_document_token_log_probs(reader, memory, valid, answers,
-                                                      answer_mask, 4)
+    reader, ids, mask, answers, answer_mask, memory, scores, doc_valid = case
+    per_doc = objectives.per_document_token_log_probs(reader, memory, answers, answer_mask)
     reference = _alone(reader, ids, mask, answers, answer_mask)
     real = np.asarray(doc_valid)
     np.testing.assert_allclose(np.asarray(per_doc)[real], reference[real], rtol=1e-5,
@@ -70,8 +69,8 @@ def test_per_document_log_probs_and_emdr_pdist_match_numpy(case):
 
 
 def test_loop_and_adist_match_numpy(case):
-    reader, ids, mask, answers, answer_mask, memory, valid, scores, doc_valid = case
-    losses = objectives.leave_one_out_losses(reader, memory, valid, answers, answer_mask,
+    reader, ids, mask, answers, answer_mask, memory, scores, doc_valid = case
+    losses = objectives.leave_one_out_losses(reader, memory, answers, answer_mask,
                                              doc_valid)
     for b in range(2):
         for i in np.flatnonzero(np.asarray(doc_valid[b])):
@@ -83,7 +82,7 @@ def test_loop_and_adist_match_numpy(case):
     s, real = np.asarray(scores, np.float64), np.asarray(doc_valid)
     loop = objectives.loop_loss(scores, losses, doc_valid, theta=0.5, temperature=0.2)
     np.testing.assert_allclose(loop, _np_kl(np.asarray(losses) / 0.2, s, real, 0.5), rtol=1e-4)
-    mass = reader.document_attention(memory, valid, answers, answer_mask, num_docs=4)
+    mass = reader.document_attention(memory, answers, answer_mask)
     adist = objectives.adist_loss(scores, mass, doc_valid, theta=0.5)
     log_mass = np.log(np.maximum(np.asarray(mass), 1e-30))  # padded passages: excluded
     np.testing.assert_allclose(adist, _np_kl(log_mass, s, real, 0.5),

@@ -19,21 +19,21 @@ def setup():
     mask = jnp.ones((2, 5, 6), bool).at[1, 4:].set(False)
     answers = jnp.asarray(rng.integers(2, 64, size=(2, 3)), jnp.int32)
     answer_mask = jnp.ones((2, 3), bool).at[0, 2].set(False)
-    memory, valid = reader.encode(ids, mask)
-    return reader, memory, valid, answers, answer_mask, mask.any(-1)
+    memory = reader.encode(ids, mask)
+    return reader, memory, answers, answer_mask, mask.any(-1)
 
 
 def _loss(setup, scores, key, **kwargs):
-    reader, memory, valid, answers, answer_mask, candidate_valid = setup
-    return g_rerank_loss(key, scores, reader, memory, valid, answers, answer_mask,
+    reader, memory, answers, answer_mask, candidate_valid = setup
+    return g_rerank_loss(key, scores, reader, memory, answers, answer_mask,
                          candidate_valid=candidate_valid, k=2, **kwargs)
 
 
 def test_loss_is_the_per_token_answer_nll_under_the_relaxed_mask(setup):
-    reader, memory, valid, answers, answer_mask, candidate_valid = setup
+    reader, memory, answers, answer_mask, candidate_valid = setup
     scores, key = jnp.array([[0.5, -1.0, 2.0, 0.0, 1.0]] * 2), jax.random.key(4)
     log_mask = ops.log_relaxed_topk(key, scores, 2, tau=0.5, where=candidate_valid)
-    log_probs = reader.token_log_probs(memory, valid, answers, answer_mask, log_mask)
+    log_probs = reader.token_log_probs(memory, answers, answer_mask, log_mask)
     expected = -(log_probs.sum(-1) / answer_mask.sum(-1)).mean()
     np.testing.assert_allclose(_loss(setup, scores, key), expected, rtol=1e-6)
 
@@ -72,13 +72,13 @@ def test_several_draws_average_single_draws(setup):
 
 
 def test_remat_changes_nothing(setup):
-    reader, memory, valid, answers, answer_mask, candidate_valid = setup
+    reader, memory, answers, answer_mask, candidate_valid = setup
     remat_reader = FiDReader.random(T5Config(**{**TINY_T5.__dict__, "remat": True}), seed=3)
     scores = jax.random.normal(jax.random.key(10), (2, 5))
 
     def loss(reader, scores):
         log_mask = ops.log_relaxed_topk(jax.random.key(1), scores, 2, where=candidate_valid)
-        return -reader.token_log_probs(memory, valid, answers, answer_mask, log_mask).sum()
+        return -reader.token_log_probs(memory, answers, answer_mask, log_mask).sum()
 
     plain = jax.value_and_grad(lambda s: loss(reader, s))(scores)
     rematted = jax.value_and_grad(lambda s: loss(remat_reader, s))(scores)

@@ -13,7 +13,7 @@ import pytest
 from experiments import costs, make_tables, prepare_data, reproduce
 from experiments.paper import CONFIG_DIR, DATASETS, TABLES, load_row, load_rows, resolve_paths
 from gumbel_jax.training.config import validate
-from gumbel_jax.training.experiment import abstract_models, parameter_count, validate_model
+from gumbel_jax.training.factory import build_models, parameter_count, validate_model
 
 FIXTURES = pathlib.Path(__file__).parent / "data" / "fixtures"
 # The official file names each prepared dataset reads; the dev fixture serves as both
@@ -112,7 +112,7 @@ def test_paper_configs_validate_and_build_at_full_size():
         key = (config.model.reader_architecture, config.model.reranker_architecture,
                config.model.reranker_kind)
         if key not in seen:
-            reader, ranker = abstract_models(config.model)
+            reader, ranker = build_models(config.model, abstract=True)
             seen[key] = (parameter_count(reader), parameter_count(ranker))
         reader_count, ranker_count = seen[key]
         assert reader_count == PUBLIC_PARAMETER_COUNTS[config.model.reader_architecture]

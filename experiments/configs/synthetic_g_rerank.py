@@ -7,8 +7,14 @@ Expect: a finished run in a minute on 2 CPU cores; with a random (untrained) rea
 numbers are not meaningful - the demo (issue 6) trains the reader first.
 """
 
-from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig, TrainConfig
-from gumbel_jax.training.experiment import DataConfig, ExperimentConfig, ModelConfig
+from gumbel_jax.training.config import (
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimizerConfig,
+    TrainConfig,
+)
 
 
 def get_config() -> ExperimentConfig:

@@ -7,7 +7,13 @@ from gumbel_jax.checkpoints.bert import (
     load_bert_encoder,
     load_cross_encoder,
 )
-from gumbel_jax.checkpoints.t5 import load_t5, normalize_t5_names, t5_from_tensors
+from gumbel_jax.checkpoints.t5 import (
+    load_fid_reader,
+    load_rankt5,
+    load_t5,
+    normalize_t5_names,
+    t5_from_tensors,
+)
 
 __all__ = [
     "CheckpointError",
@@ -15,6 +21,8 @@ __all__ = [
     "cross_encoder_from_tensors",
     "load_bert_encoder",
     "load_cross_encoder",
+    "load_fid_reader",
+    "load_rankt5",
     "load_t5",
     "normalize_t5_names",
     "read_tensors",

@@ -17,6 +17,9 @@ from gumbel_jax.checkpoints._io import (
     resolve_model_dir,
     transpose,
 )
+from gumbel_jax.models.attention import DmaMethod
+from gumbel_jax.models.fid import FiDReader
+from gumbel_jax.models.rankt5 import RANKT5_SCORE_TOKEN_ID, RankT5
 from gumbel_jax.models.t5 import T5Config, T5EncoderDecoder
 
 # FiD's reader wraps the encoder (EncoderWrapper.encoder) and each encoder block
@@ -99,7 +102,20 @@ def t5_from_tensors(config: T5Config, tensors: dict[str, np.ndarray], *,
 
 def load_t5(name_or_path: str | os.PathLike, **config_overrides) -> T5EncoderDecoder:
     """Load a T5-family checkpoint (T5, T5 v1.1, Flan-T5, RankT5, FiD readers) by folder or
-    hub name. ``config_overrides`` set compute options such as ``dtype`` or ``remat``."""
+    hub name. ``config_overrides`` set compute options such as ``dtype``, ``remat`` or
+    ``attention_implementation``."""
     model_dir = resolve_model_dir(name_or_path)
     config = T5Config.from_hf(read_config(model_dir), **config_overrides)
     return t5_from_tensors(config, read_tensors(model_dir), source=str(model_dir))
+
+
+def load_fid_reader(name_or_path: str | os.PathLike, *, method: DmaMethod = "bias",
+                    frozen: bool = True, **config_overrides) -> FiDReader:
+    """A FiD reader (FiD's wrapped keys accepted) or any T5 checkpoint read as one."""
+    return FiDReader(load_t5(name_or_path, **config_overrides), method=method, frozen=frozen)
+
+
+def load_rankt5(name_or_path: str | os.PathLike, *,
+                score_token_id: int = RANKT5_SCORE_TOKEN_ID, **config_overrides) -> RankT5:
+    """A RankT5 reranker (e.g. ``Soyoung97/RankT5-base``)."""
+    return RankT5(load_t5(name_or_path, **config_overrides), score_token_id=score_token_id)

@@ -5,6 +5,7 @@ from gumbel_jax.models.bert import BertConfig, BertEncoder, CrossEncoder, mean_p
 from gumbel_jax.models.fid import FiDReader, fid_passage_text
 from gumbel_jax.models.inputs import tokenize_cross_encoder, tokenize_passages
 from gumbel_jax.models.rankt5 import RANKT5_SCORE_TOKEN_ID, RankT5, rankt5_text
+from gumbel_jax.models.reader import Memory, Reader
 from gumbel_jax.models.t5 import T5Config, T5EncoderDecoder, shift_right
 
 __all__ = [
@@ -13,7 +14,9 @@ __all__ = [
     "BertEncoder",
     "CrossEncoder",
     "FiDReader",
+    "Memory",
     "RankT5",
+    "Reader",
     "T5Config",
     "T5EncoderDecoder",
     "document_masked_attention",

@@ -7,13 +7,12 @@ The BGE reranker family is XLM-RoBERTa with a one-logit classification head; Min
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Literal
 
 import jax.numpy as jnp
 from flax import nnx
 
-from gumbel_jax.models.attention import dot_attention, padding_bias
+from gumbel_jax.models.attention import Implementation, dot_attention, padding_bias
 from gumbel_jax.models.layers import LayerNorm, activation, dense, embedding, remat_call
 
 Family = Literal["bert", "roberta"]
@@ -34,6 +33,8 @@ class BertConfig:
     family: Family = "bert"  # "roberta": positions start after the padding id, no pooler
     dtype: Any = jnp.float32
     remat: bool = False
+    # Kernel of every self-attention: None (einsum), "xla" or "cudnn" (as T5Config).
+    attention_implementation: Implementation = None
 
     @classmethod
     def from_hf(cls, hf_config, **overrides) -> BertConfig:
@@ -53,6 +54,7 @@ class BertLayer(nnx.Module):
     def __init__(self, config: BertConfig, rngs: nnx.Rngs):
         hidden, dt = config.hidden_size, config.dtype
         self.heads = config.num_attention_heads
+        self.implementation = config.attention_implementation
         into, out_of = ("embed", "heads"), ("heads", "embed")
         self.query = dense(hidden, hidden, rngs, use_bias=True, dtype=dt, axes=into)
         self.key = dense(hidden, hidden, rngs, use_bias=True, dtype=dt, axes=into)
@@ -70,7 +72,8 @@ class BertLayer(nnx.Module):
     def __call__(self, x, bias):
         split = lambda t: t.reshape(*t.shape[:-1], self.heads, -1)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        attended = dot_attention(q, k, v, bias, scale=q.shape[-1] ** -0.5)
+        attended = dot_attention(q, k, v, bias, scale=q.shape[-1] ** -0.5,
+                                 implementation=self.implementation)
         attended = attended.reshape(*attended.shape[:-2], -1)
         x = self.attention_norm(x + self.attention_output(attended))
         return self.output_norm(x + self.output(self.act(self.intermediate(x))))
@@ -143,11 +146,8 @@ class CrossEncoder(nnx.Module):
         self.head_out = dense(hidden, 1, rngs, use_bias=True, dtype=config.dtype)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32,
-                        remat: bool = False) -> CrossEncoder:
-        from gumbel_jax.checkpoints.bert import load_cross_encoder
-
-        return load_cross_encoder(name_or_path, dtype=dtype, remat=remat)
+    def random(cls, config: BertConfig, *, seed: int = 0) -> CrossEncoder:
+        return cls(config, rngs=nnx.Rngs(seed))
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None):
         """``[..., len]`` tokens -> ``[...]`` float32 scores."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import jax.numpy as jnp
 from flax import nnx
 
@@ -28,13 +26,6 @@ class RankT5(nnx.Module):
                              f"(size {t5.config.vocab_size})")
         self.t5 = t5
         self.score_token_id = score_token_id
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32,
-                        remat: bool = False, **options) -> RankT5:
-        from gumbel_jax.checkpoints.t5 import load_t5
-
-        return cls(load_t5(name_or_path, dtype=dtype, remat=remat), **options)
 
     @classmethod
     def random(cls, config: T5Config, *, seed: int = 0, **options) -> RankT5:

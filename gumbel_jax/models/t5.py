@@ -7,9 +7,10 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from gumbel_jax.models.attention import (
     DmaMethod,
@@ -50,10 +51,12 @@ class T5Config:
     decoder_start_token_id: int = 0
     dtype: Any = jnp.float32  # compute dtype; parameters, norms and softmax stay float32
     remat: bool = False  # rematerialise each layer in the backward pass
-    # Encoder self-attention kernel: None (einsum, float32 logits), "xla" or "cudnn"
-    # (jax.nn.dot_product_attention with the position bias materialised per batch). The
-    # decoder's self-attention is short (answer tokens) and always uses the einsum path.
-    attention_implementation: str | None = None
+    # The kernel of every attention of the model (encoder self-attention, decoder
+    # self-attention, decoder cross-attention with the document mask): None (einsum, float32
+    # logits), "xla" or "cudnn" (jax.nn.dot_product_attention with the bias materialised per
+    # batch). One setting, so a config cannot run one kernel in one place and another
+    # elsewhere; the factory (training.factory) sets it from ModelConfig.attention.
+    attention_implementation: Implementation = None
 
     @property
     def is_gated(self) -> bool:
@@ -106,10 +109,10 @@ def relative_position_buckets(query_len: int, key_len: int, *, bidirectional: bo
 class T5Attention(nnx.Module):
     """Multi-head attention without biases or logit scaling (T5's convention)."""
 
-    def __init__(self, config: T5Config, rngs: nnx.Rngs, *, implementation=None):
+    def __init__(self, config: T5Config, rngs: nnx.Rngs):
         inner = config.num_heads * config.d_kv
         self.heads, self.head_dim = config.num_heads, config.d_kv
-        self.implementation = implementation
+        self.implementation = config.attention_implementation
         into, out_of = ("embed", "heads"), ("heads", "embed")
         self.q = dense(config.d_model, inner, rngs, dtype=config.dtype,
                        std=(config.d_model * config.d_kv) ** -0.5, axes=into)
@@ -128,16 +131,57 @@ class T5Attention(nnx.Module):
         return self._merge(dot_attention(q, k, v, bias, scale=1.0,
                                          implementation=self.implementation))
 
-    def cross(self, x, memory, doc_log_mask, memory_valid, *, method, implementation,
+    def cross(self, x, memory, doc_log_mask, memory_valid, *, method,
               return_doc_weights=False):
         """Cross-attention to the encoder output with the per-document log mask."""
         q, k, v = self._split(self.q(x)), self._split(self.k(memory)), self._split(self.v(memory))
         out = document_masked_attention(q, k, v, doc_log_mask, memory_valid, method=method,
-                                        implementation=implementation, scale=1.0,
+                                        implementation=self.implementation, scale=1.0,
                                         return_doc_weights=return_doc_weights)
         if return_doc_weights:
             return self._merge(out[0]), out[1]
         return self._merge(out), None
+
+    def key_values(self, memory):
+        """``[batch, keys, d_model]`` -> keys and values ``[batch, keys, heads, d_kv]``."""
+        return self._split(self.k(memory)), self._split(self.v(memory))
+
+    def cached(self, x, keys, values, position, bias):
+        """Self-attention of one new token per row on a key/value buffer.
+
+        Args:
+          x: ``[rows, 1, d_model]`` the new tokens' states.
+          keys, values: ``[rows, max_length, heads, d_kv]`` buffers holding positions
+            ``0 .. position - 1``.
+          position: int (traced) position of the new token.
+          bias: broadcastable to ``[rows, heads, 1, max_length]``; masks keys after
+            ``position``.
+
+        Returns:
+          The output ``[rows, 1, d_model]`` and the buffers with this token written at
+          ``position``.
+        """
+        new_keys, new_values = self.key_values(x)
+        keys = jax.lax.dynamic_update_slice_in_dim(keys, new_keys, position, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(values, new_values, position, axis=1)
+        query = self._split(self.q(x))
+        out = dot_attention(query, keys, values, bias, scale=1.0,
+                            implementation=self.implementation)
+        return self._merge(out), keys, values
+
+    def cross_cached(self, x, keys, values, doc_log_mask, memory_valid, *, method):
+        """Cross-attention of ``rows = batch * beams`` new tokens to precomputed memory keys.
+
+        The beams of a question are the queries of that question's attention call, so the
+        memory keys and values ``[batch, keys, heads, d_kv]`` are never copied per beam and
+        the document mask ``[batch, docs]`` enters exactly as in :meth:`cross`.
+        """
+        rows, batch = x.shape[0], keys.shape[0]
+        query = self._split(self.q(x)).reshape(batch, rows // batch, self.heads, self.head_dim)
+        out = document_masked_attention(query, keys, values, doc_log_mask, memory_valid,
+                                        method=method, implementation=self.implementation,
+                                        scale=1.0)
+        return self._merge(out.reshape(rows, 1, self.heads, self.head_dim))
 
 
 class T5FeedForward(nnx.Module):
@@ -164,9 +208,7 @@ class T5Block(nnx.Module):
     def __init__(self, config: T5Config, rngs: nnx.Rngs, *, is_decoder: bool):
         norm = lambda: RMSNorm(config.d_model, eps=config.layer_norm_epsilon, dtype=config.dtype)
         self.self_attention_norm = norm()
-        self.self_attention = T5Attention(
-            config, rngs,
-            implementation=None if is_decoder else config.attention_implementation)
+        self.self_attention = T5Attention(config, rngs)
         self.is_decoder = is_decoder
         if is_decoder:
             self.cross_attention_norm = norm()
@@ -184,6 +226,19 @@ class T5Block(nnx.Module):
             x = x + update
         x = x + self.mlp(self.mlp_norm(x))
         return x, doc_weights
+
+    def step(self, x, self_bias, position, self_kv, cross_kv, doc_log_mask, memory_valid, *,
+             method):
+        """One decoding step of a decoder block: ``x [rows, 1, d_model]``, ``self_kv`` the
+        block's self-attention buffers, ``cross_kv`` its memory keys and values. Returns the
+        new states and the updated buffers."""
+        update, keys, values = self.self_attention.cached(self.self_attention_norm(x), *self_kv,
+                                                          position, self_bias)
+        x = x + update
+        x = x + self.cross_attention.cross_cached(self.cross_attention_norm(x), *cross_kv,
+                                                  doc_log_mask, memory_valid, method=method)
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, keys, values
 
 
 class T5Stack(nnx.Module):
@@ -211,6 +266,17 @@ class T5Stack(nnx.Module):
         bias = self.relative_attention_bias.embedding[...][jnp.asarray(buckets)]
         return upcast(jnp.transpose(bias, (2, 0, 1))[None])
 
+    def position_bias_row(self, position, key_len: int):
+        """Row ``position`` (an int, may be traced) of :meth:`position_bias`, ``[1, heads,
+        1, key_len]`` float32: the bias of one query against keys ``0 .. key_len - 1``."""
+        buckets = relative_position_buckets(
+            key_len, key_len, bidirectional=not self.is_decoder,
+            num_buckets=self.config.relative_attention_num_buckets,
+            max_distance=self.config.relative_attention_max_distance)
+        row = jnp.asarray(buckets)[position]
+        bias = self.relative_attention_bias.embedding[...][row]  # [key_len, heads]
+        return upcast(jnp.transpose(bias)[None, :, None, :])
+
     def __call__(self, embeddings, self_bias, cross=None, *, collect_doc_weights=False):
         # Array arguments go through remat; the attention options stay static in the closure.
         memory, doc_log_mask, memory_valid, options = cross if cross else (None,) * 4
@@ -228,6 +294,41 @@ class T5Stack(nnx.Module):
         if collect_doc_weights:
             return out, jnp.stack(all_weights)
         return out
+
+
+@struct.dataclass
+class DecodeCache:
+    """What incremental decoding keeps between steps (see :meth:`T5EncoderDecoder.decode_step`).
+
+    ``rows = batch * beams``: row ``b * beams + j`` is beam ``j`` of question ``b``.
+
+    Attributes:
+      self_keys, self_values: ``[layers, rows, max_length, heads, d_kv]`` the decoder's
+        self-attention keys and values of the tokens fed so far (zeros after them).
+      cross_keys, cross_values: ``[layers, batch, keys, heads, d_kv]`` each layer's keys and
+        values of the memory, computed once per question and shared by its beams.
+      memory_valid: ``[batch, keys]`` boolean.
+    """
+
+    self_keys: jax.Array
+    self_values: jax.Array
+    cross_keys: jax.Array
+    cross_values: jax.Array
+    memory_valid: jax.Array
+
+    @property
+    def max_length(self) -> int:
+        return self.self_keys.shape[2]
+
+    @property
+    def num_beams(self) -> int:
+        return self.self_keys.shape[1] // self.cross_keys.shape[1]
+
+    def reorder(self, rows) -> DecodeCache:
+        """Row ``i`` of the self-attention buffers becomes row ``rows[i]`` (``[rows]`` int):
+        a beam continues the history of the beam it extends."""
+        return self.replace(self_keys=jnp.take(self.self_keys, rows, axis=1),
+                            self_values=jnp.take(self.self_values, rows, axis=1))
 
 
 class T5EncoderDecoder(nnx.Module):
@@ -255,8 +356,7 @@ class T5EncoderDecoder(nnx.Module):
         return self.encoder(self.shared(input_ids), bias)
 
     def decode_hidden(self, decoder_input_ids, memory, memory_valid, doc_log_mask=None, *,
-                      method: DmaMethod = "bias", implementation: Implementation = None,
-                      return_doc_weights: bool = False):
+                      method: DmaMethod = "bias", return_doc_weights: bool = False):
         """Decoder output states ``[batch, tgt_len, d_model]`` (and document weights if asked).
 
         Args:
@@ -264,7 +364,8 @@ class T5EncoderDecoder(nnx.Module):
           memory: ``[batch, docs * doc_len, d_model]`` encoder output.
           memory_valid: ``[batch, docs * doc_len]`` boolean.
           doc_log_mask: ``[batch, docs]`` log mask or None (all documents fully visible).
-          method, implementation: document-masked attention variant (see ``attention``).
+          method: document-masked attention, ``"bias"`` (through the configured kernel) or
+            ``"blockwise"`` (see ``attention``).
           return_doc_weights: also return the cross-attention mass per document,
             ``[layers, batch, heads, tgt_len, docs]``.
         """
@@ -272,8 +373,7 @@ class T5EncoderDecoder(nnx.Module):
         causal = jnp.tril(jnp.ones((length, length), bool))
         position = self.decoder.position_bias(length, length)
         self_bias = position + jnp.where(causal, 0.0, mask_value(position.dtype))[None, None]
-        options = {"method": method, "implementation": implementation,
-                   "return_doc_weights": return_doc_weights}
+        options = {"method": method, "return_doc_weights": return_doc_weights}
         cross = (memory, doc_log_mask, memory_valid, options)
         return self.decoder(self.shared(decoder_input_ids), self_bias, cross,
                             collect_doc_weights=return_doc_weights)
@@ -284,6 +384,69 @@ class T5EncoderDecoder(nnx.Module):
         hidden = self.decode_hidden(decoder_input_ids, memory, memory_valid, doc_log_mask,
                                     **options)
         return self.lm_logits(hidden)
+
+    def init_decode_cache(self, memory, memory_valid, *, max_length: int,
+                          num_beams: int = 1) -> DecodeCache:
+        """The cache :meth:`decode_step` starts from: every decoder layer's memory keys and
+        values (computed here, once per question) and empty self-attention buffers.
+
+        Args:
+          memory: ``[batch, docs * doc_len, d_model]`` encoder output.
+          memory_valid: ``[batch, docs * doc_len]`` boolean.
+          max_length: the number of decoding steps the buffers hold (static).
+          num_beams: hypotheses per question (static); the buffers get ``batch * num_beams``
+            rows.
+        """
+        if memory.ndim != 3 or memory_valid.shape != memory.shape[:2]:
+            raise ValueError("memory must be [batch, keys, d_model] and memory_valid [batch, "
+                             f"keys], got {memory.shape} and {memory_valid.shape}")
+        if max_length < 1 or num_beams < 1:
+            raise ValueError(f"max_length and num_beams must be >= 1, got {max_length} and "
+                             f"{num_beams}")
+        cross = [block.cross_attention.key_values(memory) for block in self.decoder.layers]
+        config = self.config
+        empty = jnp.zeros((len(self.decoder.layers), memory.shape[0] * num_beams, max_length,
+                           config.num_heads, config.d_kv), cross[0][0].dtype)
+        return DecodeCache(empty, empty, jnp.stack([k for k, _ in cross]),
+                           jnp.stack([v for _, v in cross]), memory_valid.astype(bool))
+
+    def decode_step(self, token_ids, position, cache: DecodeCache, doc_log_mask=None, *,
+                    method: DmaMethod = "bias"):
+        """One incremental decoder step: the logits of the next token after ``token_ids``.
+
+        Computes what :meth:`decode` computes at query ``position`` of a ``max_length``
+        buffer: the same relative position bias row, future keys masked with the same value,
+        the same document mask through the same attention function.
+
+        Args:
+          token_ids: ``[batch * beams]`` int, the token at ``position`` (the start token at 0).
+          position: int (may be traced), ``0 <= position < cache.max_length``.
+          cache: from :meth:`init_decode_cache` or the previous step.
+          doc_log_mask: ``[batch, docs]`` log mask or None, shared by a question's beams.
+          method: document-masked attention, ``"bias"`` or ``"blockwise"``.
+
+        Returns:
+          float32 logits ``[batch * beams, vocab]`` and the cache with this step's keys and
+          values written at ``position``.
+        """
+        rows, max_length = cache.self_keys.shape[1], cache.max_length
+        if token_ids.shape != (rows,):
+            raise ValueError(f"token_ids must be [batch * beams] = [{rows}], got "
+                             f"{token_ids.shape}")
+        bias = self.decoder.position_bias_row(position, max_length)
+        future = jnp.arange(max_length) > position
+        bias = bias + jnp.where(future, mask_value(bias.dtype), 0.0)[None, None, None]
+        x = self.shared(token_ids[:, None])
+        self_keys, self_values = cache.self_keys, cache.self_values
+        for layer, block in enumerate(self.decoder.layers):
+            x, keys, values = block.step(
+                x, bias, position, (self_keys[layer], self_values[layer]),
+                (cache.cross_keys[layer], cache.cross_values[layer]), doc_log_mask,
+                cache.memory_valid, method=method)
+            self_keys, self_values = self_keys.at[layer].set(keys), self_values.at[layer].set(
+                values)
+        logits = self.lm_logits(self.decoder.final_norm(x)[:, 0])
+        return logits, cache.replace(self_keys=self_keys, self_values=self_values)
 
     def lm_logits(self, hidden):
         """``[..., d_model]`` decoder states -> ``[..., vocab]`` float32 logits."""

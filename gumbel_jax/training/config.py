@@ -1,22 +1,45 @@
-"""Training configuration: dataclasses, dotted command-line overrides, validation."""
+"""Every configuration of an experiment in one place: the dataclasses (data, models, objective,
+optimizer, training), dotted command-line overrides and validation.
+
+Every choice field has a ``Literal`` type; the command line, validation and the scripts' lists
+of choices are derived from those types (``choices``), never kept by hand.
+"""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
 import typing
+from typing import Literal
 
-OBJECTIVES = ("g_rerank", "emdr", "pdist", "loop", "adist", "supervised")
+from gumbel_jax.data.synthetic import WorldConfig
+from gumbel_jax.models.attention import DmaMethod
+from gumbel_jax.models.rankt5 import RANKT5_SCORE_TOKEN_ID
+from gumbel_jax.objectives import Relaxation
+
+ObjectiveName = Literal["g_rerank", "emdr", "pdist", "loop", "adist", "supervised"]
+# The objectives, in the order tables and the demo show them; training.step.OBJECTIVE_LOSSES
+# implements exactly these.
+OBJECTIVES: tuple[str, ...] = typing.get_args(ObjectiveName)
+RerankerKind = Literal["rankt5", "cross_encoder"]  # RankT5, or BERT / XLM-R (e.g. BGE)
+Init = Literal["pretrained", "random"]
+AttentionKernel = Literal["", "xla", "cudnn"]  # "": our einsum path
+ComputeDtype = Literal["float32", "bfloat16"]
+
+
+def choices(kind) -> tuple:
+    """The allowed values of a ``Literal`` type (e.g. ``choices(RerankerKind)``)."""
+    return typing.get_args(kind)
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    name: str = "g_rerank"
+    name: ObjectiveName = "g_rerank"
     k: int = 5  # top-k (the paper's metrics are @5)
     tau: float = 0.5  # relaxed top-k temperature (third-party report of the paper's value)
     kappa: float = 1.0  # score scale
     num_samples: int = 1  # Gumbel draws per question, sharing one encoder pass
-    relaxation: str = "l2x"  # l2x | subset | no_noise | straight_through (ablations)
+    relaxation: Relaxation = "l2x"  # the paper's; the others are ablations
     theta: float = 0.01  # reranker softmax temperature of the baselines (Atlas default)
     temperature: float = 0.01  # baselines' target temperature (Atlas's T_gold)
 
@@ -37,6 +60,103 @@ class TrainConfig:
     max_to_keep: int = 3
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    # The host waits for the device every log_every steps (and at the last step): then the
+    # losses since the last wait are checked (a non-finite one stops the run naming its step)
+    # and metrics.jsonl gets one line, the mean loss / gradient norm over those steps.
+    log_every: int = 1
+    # Held-out evaluation every eval_every steps and at the last one (0: off); its metrics
+    # go to metrics.jsonl as "eval/<name>" lines (training.hooks.held_out_eval_hook).
+    eval_every: int = 0
+    eval_answers: bool = False  # the reader also answers from the top k: EM / F1 (slower)
+    # Keep the reranker with the best held-out value of this metric (e.g. "recall@5";
+    # higher is better) in <workdir>/best; "": off. Needs eval_every.
+    best_metric: str = ""
+
+    def eval_metric_names(self) -> tuple[str, ...]:
+        """The metrics a held-out evaluation reports (``training.evaluation.evaluate``)."""
+        k = self.objective.k
+        ranking = (f"recall@{k}", f"ndcg@{k}", "mrr", f"indirect_recall@{k}",
+                   f"indirect_ndcg@{k}", "indirect_mrr")
+        return ranking + (("em", "f1") if self.eval_answers else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"  # "synthetic", or "tfds:<name>" prepared by prepare_data
+    data_dir: str = ""  # tfds data_dir
+    train_split: str = "train"
+    eval_split: str = "validation"
+    num_train: int = 512  # synthetic only
+    num_eval: int = 128  # synthetic only; for tfds, at most this many evaluation questions
+    # "Mining" (the paper's term): after training, rank this many training questions'
+    # candidates (no labels were used in training) -> mining.json. 0: skip.
+    num_mining: int = 0
+    world: WorldConfig = dataclasses.field(default_factory=WorldConfig)
+    num_candidates: int = 10
+    reader_length: int = 24
+    ranker_length: int = 24
+    answer_length: int = 4
+    batch_size: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Checkpoints by folder or hub name; "tiny" builds small random models (tests, smoke
+    runs) whose sizes follow below. ``training.factory.build_models`` builds both models from
+    this, and nothing else does."""
+
+    reader: str = "tiny"
+    reranker: str = "tiny"
+    reranker_kind: RerankerKind = "rankt5"
+    # "pretrained" loads ``reranker``; "random" starts from random weights of
+    # ``reranker_architecture`` (the from-scratch ablation; ``reranker`` still names the
+    # tokenizer).
+    reranker_init: Init = "pretrained"
+    # "random": random weights of ``reader_architecture`` (benchmarks and smoke runs at
+    # scale: the shapes of a real reader without its download).
+    reader_init: Init = "pretrained"
+    # Presets of gumbel_jax.models.presets ("t5-large", "t5-v1_1-base", "xlm-roberta-base"):
+    # the shapes of the checkpoints above, for abstract builds and random starts.
+    reader_architecture: str = ""
+    reranker_architecture: str = ""
+    reader_tokenizer: str = ""  # defaults to the reader's name
+    reranker_tokenizer: str = ""  # defaults to the reranker's name
+    score_token_id: int = RANKT5_SCORE_TOKEN_ID  # RankT5's <extra_id_10>
+    d_model: int = 32
+    num_layers: int = 2
+    num_heads: int = 4
+    dma: DmaMethod = "bias"  # document-masked attention: bias | blockwise
+    # The kernel of every attention of both models (reader encoder self-attention, decoder
+    # self- and masked cross-attention, the reranker's encoder and decoder): "" (einsum),
+    # "xla" or "cudnn" (GPU; its bias gradient is verified in the tests).
+    attention: AttentionKernel = ""
+    remat: bool = False  # rematerialise the reranker's layers (batch for memory)
+    # Compute dtype (bfloat16 on accelerators). The trained reranker keeps float32
+    # parameters; the frozen reader's weight matrices are stored in this dtype.
+    dtype: ComputeDtype = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def from_dict(cls, raw: dict):
+    """A config dataclass from its ``dataclasses.asdict`` form (e.g. experiment.json);
+    keys the class does not know are an error naming them."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - fields
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    values = {}
+    for name, value in raw.items():
+        kind = hints[name]
+        values[name] = from_dict(kind, value) if dataclasses.is_dataclass(kind) else value
+    return cls(**values)
 
 
 def _leaf_keys(config, prefix="") -> dict[str, type]:
@@ -52,6 +172,10 @@ def _leaf_keys(config, prefix="") -> dict[str, type]:
 
 
 def _parse(text: str, kind: type, key: str):
+    if typing.get_origin(kind) is Literal:
+        if text not in choices(kind):
+            raise ValueError(f"{key}={text!r}: expected one of {choices(kind)}")
+        return text
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -86,11 +210,23 @@ def _replace_path(config, path, leaf, value):
     return dataclasses.replace(config, **{path[0]: _replace_path(child, path[1:], leaf, value)})
 
 
+def check_choices(config, prefix: str = "") -> None:
+    """Every ``Literal``-typed field holds one of its values (configs built in Python or read
+    from JSON skip the command line's check)."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, kind = getattr(config, field.name), hints[field.name]
+        if dataclasses.is_dataclass(value):
+            check_choices(value, f"{prefix}{field.name}.")
+        elif typing.get_origin(kind) is Literal and value not in choices(kind):
+            raise ValueError(f"{prefix}{field.name}={value!r}; expected one of "
+                             f"{choices(kind)}")
+
+
 def validate(config: TrainConfig, *, num_candidates: int) -> None:
     """Settings that cannot work, with a message that says which and why."""
     objective = config.objective
-    if objective.name not in OBJECTIVES:
-        raise ValueError(f"objective.name={objective.name!r}; expected one of {OBJECTIVES}")
+    check_choices(config)
     if not 1 <= objective.k <= num_candidates:
         raise ValueError(f"objective.k={objective.k} must be in [1, {num_candidates}] (the "
                          "number of candidates)")
@@ -101,6 +237,17 @@ def validate(config: TrainConfig, *, num_candidates: int) -> None:
         raise ValueError("objective.num_samples must be >= 1")
     if config.checkpoint_every < 1 or config.num_steps < 0:
         raise ValueError("checkpoint_every must be >= 1 and num_steps >= 0")
+    if config.log_every < 1 or config.eval_every < 0:
+        raise ValueError(f"log_every={config.log_every} must be >= 1 and eval_every="
+                         f"{config.eval_every} >= 0 (0: no held-out evaluation)")
+    if config.best_metric and not config.eval_every:
+        raise ValueError(f"best_metric={config.best_metric!r} needs eval_every > 0 (the best "
+                         "checkpoint is chosen at the held-out evaluations)")
+    if config.best_metric and config.best_metric not in config.eval_metric_names():
+        raise ValueError(f"best_metric={config.best_metric!r} is not a held-out metric; "
+                         f"expected one of {config.eval_metric_names()}" +
+                         (" (em / f1 need eval_answers=True)"
+                          if config.best_metric in ("em", "f1") else ""))
     warmup = config.optimizer.warmup_steps
     if warmup < 0 or (warmup and warmup >= max(config.num_steps, 2)):
         raise ValueError(f"optimizer.warmup_steps={warmup} must be in [0, num_steps="

@@ -30,9 +30,9 @@ def _scorer(ranker_graph, reader_graph, k: int, max_answer_length: int, generate
         if not generate:
             return scores, None
         hard = ops.topk_mask(scores, k, where=batch["doc_valid"])
-        answer = nnx.merge(reader_graph, reader_state).generate(
-            batch["reader_ids"], batch["reader_mask"], ops.mask_to_log_mask(hard),
-            max_length=max_answer_length)
+        reader = nnx.merge(reader_graph, reader_state)
+        answer = reader.generate(reader.encode(batch["reader_ids"], batch["reader_mask"]),
+                                 ops.mask_to_log_mask(hard), max_length=max_answer_length)
         return scores, answer
 
     return scores_and_answers

@@ -64,7 +64,7 @@ def gold_subsets(key, batch, *, num_slots: int, drop_indirect: float = 0.0) -> d
 def reader_loss(reader, batch, doc_log_mask):
     """Mean over questions of the answer's per-token negative log-likelihood."""
     token_log_probs = reader.token_log_probs(
-        *reader.encode(batch["reader_ids"], batch["reader_mask"]),
+        reader.encode(batch["reader_ids"], batch["reader_mask"]),
         batch["answer_ids"], batch["answer_mask"], doc_log_mask)
     tokens = jnp.maximum(batch["answer_mask"].sum(-1), 1)
     return -(token_log_probs.sum(-1) / tokens).mean()
@@ -124,9 +124,10 @@ def _generator(graph, max_length: int):
 
     @jax.jit
     def generate(state, batch, mask):
-        return nnx.merge(graph, state).generate(
-            batch["reader_ids"], batch["reader_mask"],
-            ops.mask_to_log_mask(mask.astype(jnp.float32)), max_length=max_length)
+        reader = nnx.merge(graph, state)
+        return reader.generate(reader.encode(batch["reader_ids"], batch["reader_mask"]),
+                               ops.mask_to_log_mask(mask.astype(jnp.float32)),
+                               max_length=max_length)
 
     return generate
 

@@ -10,7 +10,7 @@ import optax
 from flax import nnx
 
 from gumbel_jax import objectives
-from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig
+from gumbel_jax.training.config import OBJECTIVES, ObjectiveConfig, OptimizerConfig
 
 
 def make_optimizer(config: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
@@ -24,39 +24,68 @@ def make_optimizer(config: OptimizerConfig, num_steps: int) -> optax.GradientTra
                        optax.adamw(schedule, weight_decay=config.weight_decay))
 
 
+# --- The objective registry: name -> loss of one batch --------------------------------
+# Each takes (config, scores [batch, docs], reader, batch, step_key); the reranker's scores
+# are the only input that carries a gradient. Its keys are exactly config.OBJECTIVES.
+
+
+def _supervised(config: ObjectiveConfig, scores, reader, batch, step_key):
+    return objectives.supervised_loss(scores, batch["gold"], batch["doc_valid"])
+
+
+def _g_rerank(config: ObjectiveConfig, scores, reader, batch, step_key):
+    memory = reader.encode(batch["reader_ids"], batch["reader_mask"])
+    keys = objectives.per_example_keys(step_key, batch["example_id"])
+    return objectives.g_rerank_loss(keys, scores, reader, memory, batch["answer_ids"],
+                                    batch["answer_mask"], candidate_valid=batch["doc_valid"],
+                                    k=config.k, tau=config.tau, kappa=config.kappa,
+                                    num_samples=config.num_samples,
+                                    relaxation=config.relaxation)
+
+
+def _per_document(reader, batch):
+    memory = reader.encode(batch["reader_ids"], batch["reader_mask"])
+    return objectives.per_document_token_log_probs(reader, memory, batch["answer_ids"],
+                                                   batch["answer_mask"])
+
+
+def _emdr(config: ObjectiveConfig, scores, reader, batch, step_key):
+    return objectives.emdr_loss(scores, _per_document(reader, batch), batch["answer_mask"],
+                                batch["doc_valid"], theta=config.theta)
+
+
+def _pdist(config: ObjectiveConfig, scores, reader, batch, step_key):
+    return objectives.pdist_loss(scores, _per_document(reader, batch), batch["answer_mask"],
+                                 batch["doc_valid"], theta=config.theta,
+                                 temperature=config.temperature)
+
+
+def _loop(config: ObjectiveConfig, scores, reader, batch, step_key):
+    memory = reader.encode(batch["reader_ids"], batch["reader_mask"])
+    losses = objectives.leave_one_out_losses(reader, memory, batch["answer_ids"],
+                                             batch["answer_mask"], batch["doc_valid"])
+    return objectives.loop_loss(scores, losses, batch["doc_valid"], theta=config.theta,
+                                temperature=config.temperature)
+
+
+def _adist(config: ObjectiveConfig, scores, reader, batch, step_key):
+    memory = reader.encode(batch["reader_ids"], batch["reader_mask"])
+    mass = reader.document_attention(memory, batch["answer_ids"], batch["answer_mask"])
+    return objectives.adist_loss(scores, jax.lax.stop_gradient(mass), batch["doc_valid"],
+                                 theta=config.theta)
+
+
+OBJECTIVE_LOSSES = {"g_rerank": _g_rerank, "emdr": _emdr, "pdist": _pdist, "loop": _loop,
+                    "adist": _adist, "supervised": _supervised}
+assert tuple(OBJECTIVE_LOSSES) == OBJECTIVES, "the registry and config.ObjectiveName differ"
+
+
 def objective_loss(config: ObjectiveConfig, ranker, reader, batch, step_key):
     """The scalar loss of one batch for any objective (see ``gumbel_jax.objectives``)."""
+    if config.name not in OBJECTIVE_LOSSES:
+        raise ValueError(f"unknown objective {config.name!r}; expected one of {OBJECTIVES}")
     scores = ranker(batch["ranker_ids"], batch["ranker_mask"])
-    valid = batch["doc_valid"]
-    if config.name == "supervised":
-        return objectives.supervised_loss(scores, batch["gold"], valid)
-    memory, memory_valid = reader.encode(batch["reader_ids"], batch["reader_mask"])
-    answers, answer_mask = batch["answer_ids"], batch["answer_mask"]
-    if config.name == "g_rerank":
-        keys = objectives.per_example_keys(step_key, batch["example_id"])
-        return objectives.g_rerank_loss(keys, scores, reader, memory, memory_valid, answers,
-                                        answer_mask, candidate_valid=valid, k=config.k,
-                                        tau=config.tau, kappa=config.kappa,
-                                        num_samples=config.num_samples,
-                                        relaxation=config.relaxation)
-    if config.name in ("emdr", "pdist"):
-        per_doc = objectives.per_document_token_log_probs(reader, memory, memory_valid, answers,
-                                                          answer_mask, valid.shape[-1])
-        if config.name == "emdr":
-            return objectives.emdr_loss(scores, per_doc, answer_mask, valid, theta=config.theta)
-        return objectives.pdist_loss(scores, per_doc, answer_mask, valid, theta=config.theta,
-                                     temperature=config.temperature)
-    if config.name == "loop":
-        losses = objectives.leave_one_out_losses(reader, memory, memory_valid, answers,
-                                                 answer_mask, valid)
-        return objectives.loop_loss(scores, losses, valid, theta=config.theta,
-                                    temperature=config.temperature)
-    if config.name == "adist":
-        mass = reader.document_attention(memory, memory_valid, answers, answer_mask,
-                                         num_docs=valid.shape[-1])
-        return objectives.adist_loss(scores, jax.lax.stop_gradient(mass), valid,
-                                     theta=config.theta)
-    raise ValueError(f"unknown objective {config.name!r}")
+    return OBJECTIVE_LOSSES[config.name](config, scores, reader, batch, step_key)
 
 
 def _tree_norm(tree):

@@ -10,11 +10,12 @@ import pytest
 from gumbel_jax.checkpoints import (
     CheckpointError,
     load_cross_encoder,
+    load_fid_reader,
     load_t5,
     resolve_model_dir,
     t5_from_tensors,
 )
-from gumbel_jax.models import FiDReader, T5Config
+from gumbel_jax.models import T5Config
 from tests.torch_reference import state_dict_numpy, torch
 
 transformers = pytest.importorskip("transformers")
@@ -68,7 +69,7 @@ def test_fid_wrapped_pytorch_checkpoint_loads(reference, tmp_path):
         wrapped[name] = value
     assert "encoder.encoder.block.1.module.layer.0.SelfAttention.q.weight" in wrapped
     folder = _write_folder(tmp_path / "fid", reference.config.to_dict(), wrapped, as_bin=True)
-    reader = FiDReader.from_pretrained(folder)
+    reader = load_fid_reader(folder)
     plain = t5_from_tensors(T5Config.from_hf(reference.config), tensors)
     np.testing.assert_array_equal(_encode(reader.t5), _encode(plain))
 

@@ -99,8 +99,8 @@ def test_reader_parameters_and_encoder_receive_no_gradient_when_frozen(reader, f
     input_ids, attention_mask, answer_ids, answer_mask = fid_batch
 
     def loss(model):
-        memory, valid = model.encode(input_ids, attention_mask)
-        return model.token_log_probs(memory, valid, answer_ids, answer_mask).sum()
+        memory = model.encode(input_ids, attention_mask)
+        return model.token_log_probs(memory, answer_ids, answer_mask).sum()
 
     grads = nnx.jit(nnx.grad(loss))(reader)
     encoder_grads = jax.tree.leaves(nnx.state(grads)["t5"]["encoder"])
@@ -125,30 +125,29 @@ def test_one_compilation_per_shape(reader, fid_batch):
 
 
 def test_document_attention_is_a_distribution_that_respects_the_mask(reader, fid_batch):
-    with pytest.raises(ValueError, match="needs doc_log_mask or num_docs"):
-        reader.document_attention(*reader.encode(*fid_batch[:2]), *fid_batch[2:])
     input_ids, attention_mask, answer_ids, answer_mask = fid_batch
-    memory, valid = reader.encode(input_ids, attention_mask)
-    mass = reader.document_attention(memory, valid, answer_ids, answer_mask, num_docs=5)
+    memory = reader.encode(input_ids, attention_mask)
+    assert memory.num_docs == 5  # the memory records its layout: no num_docs to pass
+    mass = reader.document_attention(memory, answer_ids, answer_mask)
     assert mass.shape == (2, 5)
     np.testing.assert_allclose(mass.sum(-1), 1.0, rtol=1e-5)
     assert np.all(np.asarray(mass)[0] > 1e-3)  # every real passage gets some attention
     assert np.all(np.asarray(mass)[1, 3:] < 1e-6)  # padded passages
     hard = ops.mask_to_log_mask(jnp.array([[1.0, 1.0, 0.0, 0.0, 0.0]] * 2))
-    gated = reader.document_attention(memory, valid, answer_ids, answer_mask, hard)
+    gated = reader.document_attention(memory, answer_ids, answer_mask, hard)
     assert gated.shape == (2, 5)
     assert np.all(np.asarray(gated)[:, 2:] < 1e-6)
 
 
 def test_greedy_generation_is_consistent_with_teacher_forcing(reader, fid_batch):
     input_ids, attention_mask, _, _ = fid_batch
-    tokens = nnx.jit(lambda r, i, m: r.generate(i, m, max_length=6))(reader, input_ids,
-                                                                        attention_mask)
+    tokens = nnx.jit(lambda r, i, m: r.generate(r.encode(i, m), max_length=6))(
+        reader, input_ids, attention_mask)
     assert tokens.shape == (2, 6)
-    memory, valid = reader.encode(input_ids, attention_mask)
+    memory = reader.encode(input_ids, attention_mask)
     from gumbel_jax.models import shift_right
 
-    logits = reader.t5.decode(shift_right(tokens, 0), memory, valid)
+    logits = reader.t5.decode(shift_right(tokens, 0), memory.states, memory.valid)
     greedy = np.asarray(jnp.argmax(logits, -1))
     tokens = np.asarray(tokens)
     for row in range(2):

@@ -69,7 +69,8 @@ def test_fid_greedy_generation_equals_transformers_generate(reference, t5):
     rng = np.random.default_rng(2)
     ids = rng.integers(2, 99, size=(2, 1, 10))
     mask = np.ones_like(ids, bool)
-    tokens = FiDReader(t5).generate(jnp.asarray(ids), jnp.asarray(mask), max_length=6)
+    reader = FiDReader(t5)
+    tokens = reader.generate(reader.encode(jnp.asarray(ids), jnp.asarray(mask)), max_length=6)
     with torch.no_grad():
         expected = reference.generate(input_ids=to_torch(ids[:, 0]),
                                       attention_mask=to_torch(mask[:, 0]), max_new_tokens=6,

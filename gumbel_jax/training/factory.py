@@ -1,0 +1,171 @@
+"""The one place models are built: reader and reranker from a ``ModelConfig``.
+
+The trainer, evaluation, the paper grid, the demo's configs and the benchmarks all call
+:func:`build_models`, so the step a benchmark times is the step training runs: same
+architectures, same compute dtype, and one attention kernel (``ModelConfig.attention``) in
+every attention layer of both models.
+
+Three ways to get weights, one interface:
+  * ``reader="tiny"`` (and ``reranker="tiny"``): small random models sized by
+    ``d_model / num_layers / num_heads`` over the tokenizer's vocabulary (tests, smoke runs);
+  * ``*_init="random"``: random weights of an architecture preset (``models.presets``);
+  * ``*_init="pretrained"``: a checkpoint folder or hub name (``gumbel_jax.checkpoints``);
+and ``abstract=True`` gives shapes and dtypes only (``nnx.eval_shape``: no memory, no
+download) from the presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gumbel_jax.models import BertConfig, CrossEncoder, FiDReader, RankT5, T5Config
+from gumbel_jax.models.presets import architecture
+from gumbel_jax.training.config import ModelConfig, check_choices
+
+
+def compute_options(config: ModelConfig) -> dict:
+    """The compute settings every model config gets: dtype and the attention kernel."""
+    return {"dtype": jnp.dtype(config.dtype),
+            "attention_implementation": config.attention or None}
+
+
+def tiny_architectures(config: ModelConfig, vocab_size: int):
+    """(reader, reranker) architectures of the "tiny" models over ``vocab_size`` tokens."""
+    options = compute_options(config)
+    tiny = dict(vocab_size=vocab_size, d_model=config.d_model,
+                d_kv=config.d_model // config.num_heads, d_ff=2 * config.d_model,
+                num_layers=config.num_layers, num_heads=config.num_heads, **options)
+    reader = T5Config(**tiny, num_decoder_layers=config.num_layers)
+    if config.reranker_kind == "cross_encoder":
+        ranker = BertConfig(vocab_size=vocab_size, hidden_size=config.d_model,
+                            num_hidden_layers=config.num_layers,
+                            num_attention_heads=config.num_heads,
+                            intermediate_size=2 * config.d_model, type_vocab_size=1,
+                            pad_token_id=0, family="roberta", remat=config.remat, **options)
+    else:
+        ranker = T5Config(**tiny, num_decoder_layers=1, feed_forward_proj="gated-gelu",
+                          tie_word_embeddings=False, remat=config.remat)
+    return reader, ranker
+
+
+def preset_architecture(config: ModelConfig, role: str):
+    """The preset named by ``model.{role}_architecture`` with the config's compute options
+    (role: "reader" or "reranker")."""
+    name = getattr(config, f"{role}_architecture")
+    if not name:
+        raise ValueError(f"model.{role}_architecture must name an architecture preset here "
+                         f"(model.{role}_init='random' or an abstract build)")
+    options = compute_options(config)
+    if role == "reranker":
+        options["remat"] = config.remat
+    return dataclasses.replace(architecture(name), **options)
+
+
+def model_architectures(config: ModelConfig, vocab_size: int | None = None):
+    """(reader, reranker) architectures without building anything: the tiny ones, or the
+    presets. Benchmarks use this for FLOP counts and PyTorch peers of the same shapes."""
+    if config.reader == "tiny":
+        if vocab_size is None:
+            raise ValueError("tiny models need the tokenizer's vocab_size")
+        return tiny_architectures(config, vocab_size)
+    return preset_architecture(config, "reader"), preset_architecture(config, "reranker")
+
+
+def _random_reader(architecture: T5Config, config: ModelConfig) -> FiDReader:
+    return FiDReader.random(architecture, seed=0, method=config.dma)
+
+
+def _random_reranker(architecture, config: ModelConfig, seed: int):
+    if config.reranker_kind == "cross_encoder":
+        return CrossEncoder.random(architecture, seed=seed)
+    return RankT5.random(architecture, seed=seed, score_token_id=config.score_token_id)
+
+
+def _pretrained_reader(config: ModelConfig) -> FiDReader:
+    from gumbel_jax.checkpoints import load_fid_reader
+
+    return load_fid_reader(config.reader, method=config.dma, **compute_options(config))
+
+
+def _pretrained_reranker(config: ModelConfig):
+    from gumbel_jax.checkpoints import load_cross_encoder, load_rankt5
+
+    options = {**compute_options(config), "remat": config.remat}
+    if config.reranker_kind == "cross_encoder":
+        return load_cross_encoder(config.reranker, **options)
+    return load_rankt5(config.reranker, score_token_id=config.score_token_id, **options)
+
+
+def store_frozen_weights_in_compute_dtype(reader, dtype) -> None:
+    """The frozen reader needs no float32 master copy: its weight matrices and embeddings
+    are stored in the compute dtype (half the memory and no per-step casts). Vectors (norm
+    scales) stay float32, as the norms compute in float32."""
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float32:
+        return
+    cast = lambda x: x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype,
+                                                                        jnp.floating) else x
+    nnx.update(reader, jax.tree.map(cast, nnx.state(reader, nnx.Param)))
+
+
+def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: int = 0,
+                 abstract: bool = False):
+    """(reader, reranker) for a model config.
+
+    Args:
+      config: the model settings.
+      vocab_size: the tokenizer's size (tiny models only).
+      seed: the run's seed; a randomly initialised reranker draws from ``seed + 1`` (seeds
+        of a from-scratch run differ in their start too). A random reader uses seed 0.
+      abstract: shapes and dtypes only (``nnx.eval_shape``), from the presets or tiny sizes.
+    """
+    validate_model(config)
+    if abstract or config.reader == "tiny":
+        reader_arch, ranker_arch = model_architectures(config, vocab_size)
+
+        def random_models():
+            reader = _random_reader(reader_arch, config)
+            store_frozen_weights_in_compute_dtype(reader, config.dtype)
+            return reader, _random_reranker(ranker_arch, config, seed + 1)
+
+        return nnx.eval_shape(random_models) if abstract else random_models()
+    reader = (_random_reader(preset_architecture(config, "reader"), config)
+              if config.reader_init == "random" else _pretrained_reader(config))
+    store_frozen_weights_in_compute_dtype(reader, config.dtype)
+    ranker = (_random_reranker(preset_architecture(config, "reranker"), config, seed + 1)
+              if config.reranker_init == "random" else _pretrained_reranker(config))
+    return reader, ranker
+
+
+def validate_model(config: ModelConfig) -> None:
+    """Model settings that cannot work, named."""
+    check_choices(config, "model.")
+    if (config.reader == "tiny") != (config.reranker == "tiny"):
+        raise ValueError("model.reader and model.reranker must both be 'tiny' or both "
+                         "checkpoints (tiny models share a word-level tokenizer)")
+    for field in ("reader_architecture", "reranker_architecture"):
+        try:
+            if getattr(config, field):
+                architecture(getattr(config, field))
+        except ValueError as error:
+            raise ValueError(f"model.{field}: {error}") from None
+
+
+def parameter_count(module) -> int:
+    """Number of parameters (``nnx.Param`` elements) of a concrete or abstract module."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def attention_kernels(module) -> dict[str, object]:
+    """``{path: kernel}`` of every attention layer in a model (T5 attention, BERT layers),
+    so a test (or a user) can see which kernel each one runs."""
+    kernels = {}
+    for path, node in nnx.iter_graph(module):
+        if hasattr(node, "implementation") and isinstance(node, nnx.Module):
+            kernels["/".join(map(str, path))] = node.implementation
+    return kernels
