@@ -183,7 +183,47 @@ def device_description() -> dict:
             "date": datetime.date.today().isoformat()}
 
 
+# Published dense bf16 peaks (TFLOP/s per chip), the denominator of model-FLOPs utilisation:
+# NVIDIA H100 SXM and H200 SXM datasheets (989.4 without sparsity); Cloud TPU system
+# architecture pages (v4 275, v5e 197, v5p 459).
+DATASHEET_BF16_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H200": 989.4,
+                         "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
+                         "TPU v5p": 459.0, "TPU v5": 459.0}
+
+
+def datasheet_peak_tflops(device_kind: str) -> float | None:
+    """The datasheet bf16 peak of a device kind (``jax.devices()[0].device_kind``), or None
+    for a device without an entry (CPU, or a card not listed)."""
+    return DATASHEET_BF16_TFLOPS.get(device_kind)
+
+
+def provenance() -> dict:
+    """Where a result came from: the git commit (or $GUMBEL_JAX_COMMIT where the tree was
+    copied without .git), the exact command, library versions."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=pathlib.Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = os.environ.get("GUMBEL_JAX_COMMIT", "unknown")
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "torch", "transformers"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"python -m {spec.name}" if spec else f"python {sys.argv[0]}"
+    return {"git_commit": commit, "command": shlex.join([*program.split(), *sys.argv[1:]]),
+            "versions": versions,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
 def write_report(path: str | None, report: dict) -> None:
+    report = {**report, "provenance": provenance()}
     text = json.dumps(report, indent=2, default=float)
     print(text)
     if path:

@@ -83,10 +83,18 @@ def run(args) -> dict:
                                           num_samples=args.num_samples)
         report["flops_per_step"] = flops
         report["achieved_tflops"] = flops["total"] / timing["step_s_median"] / 1e12
+    peak = common.datasheet_peak_tflops(report["device"]["device_kind"])
+    if peak and "achieved_tflops" in report:
+        report["datasheet_bf16_peak_tflops"] = peak
+        report["mfu_datasheet"] = report["achieved_tflops"] / peak
+    if args.count_kernels:
+        key = jax.random.key(0)
+        text = step.lower(state["params"], state["opt"], reader_state, batch, key).as_text()
+        report["cudnn_attention_calls"] = text.count("custom_call @__cudnn$fmha")
     if args.measure_peak and "achieved_tflops" in report:
         peak = common.measured_matmul_peak_tflops()
         report["measured_bf16_peak_tflops"] = peak
-        report["model_flops_utilisation"] = report["achieved_tflops"] / peak
+        report["mfu_measured_matmul"] = report["achieved_tflops"] / peak
     return report
 
 
@@ -99,7 +107,11 @@ def parser() -> argparse.ArgumentParser:
     common.add_model_arguments(p)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--measure_peak", action="store_true")
+    p.add_argument("--measure_peak", action="store_true",
+                   help="also time a large bf16 matmul and report utilisation against it "
+                        "(beside the datasheet figure)")
+    p.add_argument("--count_kernels", action="store_true",
+                   help="count the cuDNN attention calls in the lowered step (GPU)")
     p.add_argument("--out", default=None, help="JSON report path")
     return p
 
