@@ -14,6 +14,7 @@ trainer's own jitted step (``gumbel_jax.training.step.make_train_step``).
 from __future__ import annotations
 
 import argparse
+import re
 
 import jax
 import numpy as np
@@ -90,7 +91,10 @@ def run(args) -> dict:
     if args.count_kernels:
         key = jax.random.key(0)
         text = step.lower(state["params"], state["opt"], reader_state, batch, key).as_text()
-        report["cudnn_attention_calls"] = text.count("custom_call @__cudnn$fmha")
+        targets = re.findall(r"custom_call @(__cudnn\$fmha\w*)", text)
+        report["cudnn_attention_calls"] = {
+            "forward": sum("Backward" not in t for t in targets),
+            "backward": sum("Backward" in t for t in targets)}
     if args.measure_peak and "achieved_tflops" in report:
         peak = common.measured_matmul_peak_tflops()
         report["measured_bf16_peak_tflops"] = peak

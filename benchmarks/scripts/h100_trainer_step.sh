@@ -14,6 +14,5 @@ python3 -m benchmarks.grerank_step --size paper --batch 32 --attention cudnn --c
     --measure_peak --out "$OUT/trainer_step_cudnn_b32.json" | tail -25
 python3 -m benchmarks.grerank_step --size paper --batch 16 --attention cudnn \
     --out "$OUT/trainer_step_cudnn_b16.json" | tail -8
-# The einsum path in every layer, for the record (what attention="" runs).
-python3 -m benchmarks.grerank_step --size paper --batch 32 --attention "" \
-    --out "$OUT/trainer_step_einsum_b32.json" | tail -8
+# cuDNN's bias gradient against XLA's (tests marked gpu).
+python3 -m pytest -q -p no:cacheprovider tests/models/test_attention.py -m gpu

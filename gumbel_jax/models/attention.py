@@ -38,6 +38,7 @@ def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
     Returns:
       ``[batch, queries, heads, dim]`` in the dtype of ``query``.
     """
+    implementation = supported_kernel(implementation, query, key, has_bias=bias is not None)
     if implementation is not None:
         if bias is not None and implementation == "cudnn":
             # cuDNN wants a materialised [batch, 1, queries, keys] bias in the query dtype;
@@ -54,6 +55,25 @@ def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
         logits = logits + bias.astype(accumulate)
     weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+def supported_kernel(implementation: Implementation, query, key, *, has_bias: bool
+                     ) -> Implementation:
+    """The kernel an attention of these shapes runs for a requested ``implementation``.
+
+    ``"cudnn"`` means cuDNN's fused (flash) kernel wherever it supports the call, and XLA's
+    ``jax.nn.dot_product_attention`` where it does not, decided from static shapes and
+    dtypes: cuDNN needs bf16/fp16 inputs, a head dim that is a multiple of 8 (<= 128 before
+    Hopper, 256 on it), and even query and key lengths when a bias is trained through
+    (RankT5's one-token decoder is neither). So one setting can name the fast kernel for
+    every attention of a model without failing on the few it cannot run.
+    """
+    if implementation != "cudnn":
+        return implementation
+    queries, keys, head_dim = query.shape[1], key.shape[1], query.shape[-1]
+    fits = (query.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+            and head_dim <= 256 and not (has_bias and (queries % 2 or keys % 2)))
+    return "cudnn" if fits else "xla"
 
 
 def padding_bias(key_valid, dtype=jnp.float32):

@@ -78,3 +78,22 @@ def test_cudnn_bias_gradient_matches_xla_on_gpu(dtype):
     np.testing.assert_allclose(out_cudnn, out_xla, atol=2e-2, rtol=2e-2)
     scale = np.abs(grad_xla).max()
     np.testing.assert_allclose(grad_cudnn / scale, grad_xla / scale, atol=2e-2)
+
+
+def test_cudnn_is_used_only_where_its_fused_kernel_supports_the_shape():
+    from gumbel_jax.models.attention import supported_kernel
+
+    def kernel(queries, keys, dtype=jnp.bfloat16, dim=64, bias=True):
+        q = jax.ShapeDtypeStruct((2, queries, 4, dim), dtype)
+        k = jax.ShapeDtypeStruct((2, keys, 4, dim), dtype)
+        return supported_kernel("cudnn", q, k, has_bias=bias)
+
+    assert kernel(256, 256) == "cudnn"  # encoders
+    assert kernel(32, 2560) == "cudnn"  # the reader's masked cross-attention
+    assert kernel(1, 1) == "xla"  # RankT5's one-token decoder (cuDNN: odd lengths + bias)
+    assert kernel(1, 256) == "xla"
+    assert kernel(1, 1, bias=False) == "cudnn"
+    assert kernel(256, 256, dtype=jnp.float32) == "xla"  # cuDNN's kernel is bf16/fp16 only
+    assert kernel(256, 256, dim=12) == "xla"
+    assert supported_kernel("xla", None, None, has_bias=True) == "xla"
+    assert supported_kernel(None, None, None, has_bias=True) is None
