@@ -198,18 +198,23 @@ def datasheet_peak_tflops(device_kind: str) -> float | None:
 
 
 def provenance() -> dict:
-    """Where a result came from: the git commit (or $GUMBEL_JAX_COMMIT where the tree was
-    copied without .git), the exact command, library versions."""
+    """Where a result came from: the git commit ($GUMBEL_JAX_COMMIT when set, else
+    ``git rev-parse HEAD``), the exact command, library versions."""
     import os
     import shlex
     import subprocess
     import sys
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, cwd=pathlib.Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("GUMBEL_JAX_COMMIT", "unknown")
+    # A copied tree may carry a stale .git (seen on the device machine: it reported an older
+    # commit), so an explicit GUMBEL_JAX_COMMIT wins.
+    commit = os.environ.get("GUMBEL_JAX_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                    text=True, check=True,
+                                    cwd=pathlib.Path(__file__).parent).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
     versions = {}
     for name in ("jax", "jaxlib", "flax", "optax", "torch", "transformers"):
         module = sys.modules.get(name)
