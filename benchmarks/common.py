@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gumbel_jax.data.batch import Batch
 from gumbel_jax.models import RANKT5_SCORE_TOKEN_ID, T5Config
 from gumbel_jax.models.attention import DmaMethod
 from gumbel_jax.training.config import AttentionKernel, ComputeDtype, ModelConfig, choices
@@ -136,9 +137,12 @@ def synthetic_batch(rng: np.random.Generator, shape: Shape, vocab: int) -> dict:
     answer_len = rng.integers(2, shape.answer_len + 1, size=b)
     answer_mask = np.arange(shape.answer_len)[None] < answer_len[:, None]
     answers = np.where(answer_mask, rng.integers(2, vocab, size=(b, shape.answer_len)), 0)
-    return {"reader_ids": ids, "reader_mask": mask, "ranker_ids": ids, "ranker_mask": mask,
-            "doc_valid": doc_valid, "answer_ids": answers.astype(np.int32),
-            "answer_mask": answer_mask, "example_id": np.arange(b, dtype=np.int32)}
+    gold = np.zeros((b, d), bool)
+    gold[:, 0] = True  # read by the supervised reference and evaluation only
+    return Batch(reader_ids=ids, reader_mask=mask, ranker_ids=ids, ranker_mask=mask,
+                 doc_valid=doc_valid, answer_ids=answers.astype(np.int32),
+                 answer_mask=answer_mask, gold=gold, indirect=np.zeros((b, d), bool),
+                 example_id=np.arange(b, dtype=np.int32)).to_dict()
 
 
 def time_calls(fn, *, warmup: int, steps: int) -> dict:

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
+from gumbel_jax.data.batch import Batch
 from gumbel_jax.data.records import Record
-from gumbel_jax.models.fid import fid_passage_text
-from gumbel_jax.models.rankt5 import rankt5_text
+from gumbel_jax.data.templates import fid_passage_text, rankt5_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +41,11 @@ def as_record(item) -> Record:
 
 
 class Featurizer:
-    """Record -> dict of fixed-shape numpy arrays (the batch layout of the trainer).
+    """Record -> dict of fixed-shape numpy arrays: one example of ``data.batch.Batch``.
 
     A ranker template that returns a (question, passage) pair is tokenised as a sentence
-    pair, the passage cut first (cross-encoders: ``models.inputs.cross_encoder_pair``).
-
-    Keys: ``reader_ids/reader_mask [n, reader_length]``, ``ranker_ids/ranker_mask
-    [n, ranker_length]``, ``doc_valid [n]``, ``answer_ids/answer_mask [answer_length]``,
-    ``gold/indirect [n]`` (evaluation only), ``example_id []``.
+    pair, the passage cut first (cross-encoders: ``data.templates.cross_encoder_pair``).
+    ``n`` is ``spec.num_candidates``; the fields and their shapes are ``Batch``'s.
     """
 
     def __init__(self, reader_tokenizer, ranker_tokenizer, spec: FeatureSpec, *,
@@ -58,26 +55,6 @@ class Featurizer:
         self.spec = spec
         self.reader_template, self.ranker_template = reader_template, ranker_template
 
-    def _encode(self, tokenizer, texts, length, rows):
-        """``[rows, length]`` ids and mask. Padding and truncation happen here, not in the
-        tokenizer: a fast tokenizer's padding settings are shared state, and grain
-        featurises in several threads."""
-        ids = np.zeros((rows, length), np.int32)
-        mask = np.zeros((rows, length), bool)
-        if not texts:
-            return ids, mask
-        if isinstance(texts[0], tuple):  # sentence pairs (a cross-encoder's input)
-            encoded = tokenizer([a for a, _ in texts], [b for _, b in texts])
-            rows_tokens = [_truncate_pair(tokens, encoded.sequence_ids(row), length)
-                           for row, tokens in enumerate(encoded["input_ids"])]
-        else:
-            rows_tokens = [_truncate(tokens, length, tokenizer.eos_token_id)
-                           for tokens in tokenizer(texts)["input_ids"]]
-        for row, tokens in enumerate(rows_tokens):
-            ids[row, : len(tokens)] = tokens
-            mask[row, : len(tokens)] = True
-        return ids, mask
-
     def __call__(self, item) -> dict[str, np.ndarray]:
         record = as_record(item)
         spec = self.spec
@@ -86,26 +63,26 @@ class Featurizer:
         reader = [self.reader_template(record.question, p.title, p.text) for p in passages]
         ranker = [self.ranker_template(record.question, p.title, p.text) for p in passages]
         n = spec.num_candidates
-        reader_ids, reader_mask = self._encode(self.reader_tokenizer, reader,
-                                               spec.reader_length, n)
-        ranker_ids, ranker_mask = self._encode(self.ranker_tokenizer, ranker,
-                                               spec.ranker_length, n)
-        answer_ids, answer_mask = self._encode(self.reader_tokenizer, [record.answers[0]],
-                                               spec.answer_length, 1)
+        reader_ids, reader_mask = encode_texts(self.reader_tokenizer, reader,
+                                               spec.reader_length, n)[:2]
+        ranker_ids, ranker_mask = encode_texts(self.ranker_tokenizer, ranker,
+                                               spec.ranker_length, n)[:2]
+        answer_ids, answer_mask = encode_texts(self.reader_tokenizer, [record.answers[0]],
+                                               spec.answer_length, 1)[:2]
 
         def per_candidate(values):
             out = np.zeros(spec.num_candidates, bool)
             out[:count] = values[:count]
             return out
 
-        return {
-            "reader_ids": reader_ids, "reader_mask": reader_mask,
-            "ranker_ids": ranker_ids, "ranker_mask": ranker_mask,
-            "doc_valid": per_candidate([True] * count),
-            "answer_ids": answer_ids[0], "answer_mask": answer_mask[0],
-            "gold": per_candidate(record.gold), "indirect": per_candidate(record.indirect),
-            "example_id": np.int32(example_id(record.id)),
-        }
+        return Batch(
+            reader_ids=reader_ids, reader_mask=reader_mask,
+            ranker_ids=ranker_ids, ranker_mask=ranker_mask,
+            doc_valid=per_candidate([True] * count),
+            answer_ids=answer_ids[0], answer_mask=answer_mask[0],
+            gold=per_candidate(record.gold), indirect=per_candidate(record.indirect),
+            example_id=np.int32(example_id(record.id)),
+        ).to_dict()
 
 
 def stack_examples(examples: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -113,30 +90,67 @@ def stack_examples(examples: Sequence[dict]) -> dict[str, np.ndarray]:
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
-def _truncate(tokens: list[int], length: int, eos_id: int | None) -> list[int]:
-    """Cut to ``length`` tokens, keeping a final EOS (as T5's tokenizer does)."""
+def encode_texts(tokenizer, texts: Sequence, length: int, rows: int):
+    """The one tokenisation policy of the project (training and interactive scoring):
+    ``(ids, mask, token_types)``, each ``[rows, length]`` (int32, bool, int32), rows past
+    ``len(texts)`` empty.
+
+    Plain texts are cut to ``length`` keeping a final EOS; sentence pairs (a cross-encoder's
+    ``(question, passage)``) keep their special tokens, cut the passage first and the
+    question to at most half the room. Padding and truncation happen here, not in the
+    tokenizer: a fast tokenizer's padding settings are shared state, and grain featurises in
+    several threads. ``token_types`` are the tokenizer's segment ids (zeros when it has
+    none).
+    """
+    ids = np.zeros((rows, length), np.int32)
+    mask = np.zeros((rows, length), bool)
+    types = np.zeros((rows, length), np.int32)
+    if not texts:
+        return ids, mask, types
+    if isinstance(texts[0], tuple):  # sentence pairs (a cross-encoder's input)
+        encoded = tokenizer([a for a, _ in texts], [b for _, b in texts])
+        kept = [_pair_positions(encoded.sequence_ids(row), length)
+                for row in range(len(texts))]
+    else:
+        encoded = tokenizer(list(texts))
+        kept = [_positions(tokens, length, tokenizer.eos_token_id)
+                for tokens in encoded["input_ids"]]
+    segments = encoded.get("token_type_ids")
+    for row, positions in enumerate(kept):
+        tokens = encoded["input_ids"][row]
+        ids[row, : len(positions)] = [tokens[i] for i in positions]
+        mask[row, : len(positions)] = True
+        if segments is not None:
+            types[row, : len(positions)] = [segments[row][i] for i in positions]
+    return ids, mask, types
+
+
+def _positions(tokens: list[int], length: int, eos_id: int | None) -> list[int]:
+    """The token positions kept when cutting to ``length``, keeping a final EOS (as T5's
+    tokenizer does)."""
     if len(tokens) <= length:
-        return tokens
+        return list(range(len(tokens)))
     if eos_id is not None and tokens[-1] == eos_id:
-        return [*tokens[: length - 1], eos_id]
-    return tokens[:length]
+        return [*range(length - 1), len(tokens) - 1]
+    return list(range(length))
 
 
-def _truncate_pair(tokens: list[int], sequence_ids: list, length: int) -> list[int]:
-    """Cut a sentence pair to ``length`` tokens, keeping its special tokens. The passage
-    (sequence 1) is cut first; a question (sequence 0) longer than half the room (the tokens
-    left after the special ones) is cut to that half, so the passage keeps the other half."""
-    if len(tokens) <= length:
-        return tokens
+def _pair_positions(sequence_ids: list, length: int) -> list[int]:
+    """The positions kept when cutting a sentence pair to ``length`` tokens, keeping its
+    special tokens. The passage (sequence 1) is cut first; a question (sequence 0) longer than
+    half the room (the tokens left after the special ones) is cut to that half, so the
+    passage keeps the other half."""
+    if len(sequence_ids) <= length:
+        return list(range(len(sequence_ids)))
     question = [i for i, s in enumerate(sequence_ids) if s == 0]
     passage = [i for i, s in enumerate(sequence_ids) if s == 1]
-    room = length - (len(tokens) - len(question) - len(passage))
+    room = length - (len(sequence_ids) - len(question) - len(passage))
     if room < 2:
         raise ValueError(f"length {length} cannot hold a sentence pair and its special tokens")
     keep_question = min(len(question), max(room - len(passage), room // 2))
     keep_passage = min(len(passage), room - keep_question)
     drop = set(question[keep_question:]) | set(passage[keep_passage:])
-    return [t for i, t in enumerate(tokens) if i not in drop]
+    return [i for i in range(len(sequence_ids)) if i not in drop]
 
 
 def make_dataset(source: Sequence, featurizer: Callable, *, batch_size: int, seed: int,

@@ -12,11 +12,6 @@ from gumbel_jax.models.t5 import T5Config, T5EncoderDecoder
 RANKT5_SCORE_TOKEN_ID = 32089
 
 
-def rankt5_text(question: str, title: str, text: str) -> str:
-    """RankT5's input for one candidate."""
-    return f"Query: {question} Document: {title} {text}".strip()
-
-
 class RankT5(nnx.Module):
     """Scores ``[..., len]`` tokenised (query, document) pairs -> ``[...]`` float32 scores."""
 

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from gumbel_jax import metrics, ops
+from gumbel_jax.data.batch import Batch
 from gumbel_jax.data.pipeline import stack_examples
 
 
@@ -24,14 +25,15 @@ def _scorer(ranker_graph, reader_graph, k: int, max_answer_length: int, generate
 
     @jax.jit
     def scores_and_answers(ranker_params, reader_state, batch):
-        scores = nnx.merge(ranker_graph, ranker_params)(batch["ranker_ids"],
-                                                        batch["ranker_mask"])
-        scores = jnp.where(batch["doc_valid"], scores, jnp.finfo(jnp.float32).min)
+        batch = Batch.of(batch)
+        scores = nnx.merge(ranker_graph, ranker_params)(batch.ranker_ids,
+                                                        batch.ranker_mask)
+        scores = jnp.where(batch.doc_valid, scores, jnp.finfo(jnp.float32).min)
         if not generate:
             return scores, None
-        hard = ops.topk_mask(scores, k, where=batch["doc_valid"])
+        hard = ops.topk_mask(scores, k, where=batch.doc_valid)
         reader = nnx.merge(reader_graph, reader_state)
-        answer = reader.generate(reader.encode(batch["reader_ids"], batch["reader_mask"]),
+        answer = reader.generate(reader.encode(batch.reader_ids, batch.reader_mask),
                                  ops.mask_to_log_mask(hard), max_length=max_answer_length)
         return scores, answer
 

@@ -18,8 +18,8 @@ from jax.experimental import multihost_utils
 
 from gumbel_jax.data.pipeline import FeatureSpec, Featurizer, as_record, make_dataset
 from gumbel_jax.data.synthetic import make_records
+from gumbel_jax.data.templates import cross_encoder_pair
 from gumbel_jax.data.tokenizer import word_level_tokenizer
-from gumbel_jax.models.inputs import cross_encoder_pair
 from gumbel_jax.training.config import DataConfig, ExperimentConfig, from_dict, validate
 from gumbel_jax.training.evaluation import evaluate, write_evaluation
 from gumbel_jax.training.factory import build_models, validate_model

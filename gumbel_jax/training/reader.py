@@ -15,9 +15,10 @@ import optax
 from flax import nnx
 
 from gumbel_jax import metrics, ops
+from gumbel_jax.data.batch import Batch
 
 
-def gold_subsets(key, batch, *, num_slots: int, drop_indirect: float = 0.0) -> dict:
+def gold_subsets(key, batch: Batch, *, num_slots: int, drop_indirect: float = 0.0) -> Batch:
     """Cut each question's candidates down to ``num_slots`` passages the reader trains on:
     every gold passage plus a uniformly random number (at least one, when there are any) of
     the other valid candidates, chosen at random; unused slots are padding. With probability
@@ -32,17 +33,18 @@ def gold_subsets(key, batch, *, num_slots: int, drop_indirect: float = 0.0) -> d
 
     Args:
       key: a PRNG key.
-      batch: ``reader_ids/reader_mask [batch, docs, len]``, ``gold/doc_valid [batch, docs]``.
+      batch: a ``Batch`` (or the pipeline's dict of its fields).
       num_slots: passages kept per question (>= the number of gold passages).
       drop_indirect: the probability of leaving out a question's indirect passages.
 
     Returns:
       ``batch`` with those four entries cut to ``num_slots`` candidates.
     """
+    batch = Batch.of(batch)
     order_key, count_key, drop_key = jax.random.split(key, 3)
-    drop = jax.random.bernoulli(drop_key, drop_indirect, batch["gold"].shape[:1])[:, None]
-    available = batch["doc_valid"] & ~(drop & batch["indirect"])
-    gold = batch["gold"] & available
+    drop = jax.random.bernoulli(drop_key, drop_indirect, batch.gold.shape[:1])[:, None]
+    available = batch.doc_valid & ~(drop & batch.indirect)
+    gold = batch.gold & available
     others = available & ~gold
     noise = jax.random.uniform(order_key, gold.shape)
     # Golds first, then the other valid candidates in random order, padding last.
@@ -56,17 +58,18 @@ def gold_subsets(key, batch, *, num_slots: int, drop_indirect: float = 0.0) -> d
     pick = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
                                          axis=1)
     valid = pick(available) & keep
-    return {**batch, "reader_ids": pick(batch["reader_ids"]),
-            "reader_mask": pick(batch["reader_mask"]) & valid[..., None],
-            "doc_valid": valid, "gold": pick(gold) & valid}
+    return batch.replace(reader_ids=pick(batch.reader_ids),
+                         reader_mask=pick(batch.reader_mask) & valid[..., None],
+                         doc_valid=valid, gold=pick(gold) & valid)
 
 
-def reader_loss(reader, batch, doc_log_mask):
+def reader_loss(reader, batch: Batch, doc_log_mask):
     """Mean over questions of the answer's per-token negative log-likelihood."""
+    batch = Batch.of(batch)
     token_log_probs = reader.token_log_probs(
-        reader.encode(batch["reader_ids"], batch["reader_mask"]),
-        batch["answer_ids"], batch["answer_mask"], doc_log_mask)
-    tokens = jnp.maximum(batch["answer_mask"].sum(-1), 1)
+        reader.encode(batch.reader_ids, batch.reader_mask),
+        batch.answer_ids, batch.answer_mask, doc_log_mask)
+    tokens = jnp.maximum(batch.answer_mask.sum(-1), 1)
     return -(token_log_probs.sum(-1) / tokens).mean()
 
 
@@ -78,7 +81,7 @@ def make_reader_step(reader_graph, tx, *, num_slots: int, drop_indirect: float =
         reader = nnx.merge(reader_graph, state)
         batch = gold_subsets(key, batch, num_slots=num_slots, drop_indirect=drop_indirect)
         return reader_loss(reader, batch, ops.mask_to_log_mask(
-            batch["doc_valid"].astype(jnp.float32)))
+            batch.doc_valid.astype(jnp.float32)))
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(state, opt_state, batch, key):
@@ -124,8 +127,9 @@ def _generator(graph, max_length: int):
 
     @jax.jit
     def generate(state, batch, mask):
+        batch = Batch.of(batch)
         reader = nnx.merge(graph, state)
-        return reader.generate(reader.encode(batch["reader_ids"], batch["reader_mask"]),
+        return reader.generate(reader.encode(batch.reader_ids, batch.reader_mask),
                                ops.mask_to_log_mask(mask.astype(jnp.float32)),
                                max_length=max_length)
 
@@ -140,7 +144,7 @@ def reader_exact_match(reader, batches, tokenizer, *, mask_fn, max_length: int) 
     generate = _generator(graph, max_length)
     scores = []
     for batch, answers in batches:
-        mask = mask_fn(batch) & batch["doc_valid"]
+        mask = mask_fn(batch) & Batch.of(batch).doc_valid
         tokens = np.asarray(generate(state, batch, mask))
         for row, gold in enumerate(answers):
             text = tokenizer.decode(tokens[row], skip_special_tokens=True)

@@ -10,6 +10,7 @@ import optax
 from flax import nnx
 
 from gumbel_jax import objectives
+from gumbel_jax.data.batch import Batch
 from gumbel_jax.training.config import OBJECTIVES, ObjectiveConfig, OptimizerConfig
 
 
@@ -30,48 +31,48 @@ def make_optimizer(config: OptimizerConfig, num_steps: int) -> optax.GradientTra
 
 
 def _supervised(config: ObjectiveConfig, scores, reader, batch, step_key):
-    return objectives.supervised_loss(scores, batch["gold"], batch["doc_valid"])
+    return objectives.supervised_loss(scores, batch.gold, batch.doc_valid)
 
 
 def _g_rerank(config: ObjectiveConfig, scores, reader, batch, step_key):
-    memory = reader.encode(batch["reader_ids"], batch["reader_mask"])
-    keys = objectives.per_example_keys(step_key, batch["example_id"])
-    return objectives.g_rerank_loss(keys, scores, reader, memory, batch["answer_ids"],
-                                    batch["answer_mask"], candidate_valid=batch["doc_valid"],
+    memory = reader.encode(batch.reader_ids, batch.reader_mask)
+    keys = objectives.per_example_keys(step_key, batch.example_id)
+    return objectives.g_rerank_loss(keys, scores, reader, memory, batch.answer_ids,
+                                    batch.answer_mask, candidate_valid=batch.doc_valid,
                                     k=config.k, tau=config.tau, kappa=config.kappa,
                                     num_samples=config.num_samples,
                                     relaxation=config.relaxation)
 
 
 def _per_document(reader, batch):
-    memory = reader.encode(batch["reader_ids"], batch["reader_mask"])
-    return objectives.per_document_token_log_probs(reader, memory, batch["answer_ids"],
-                                                   batch["answer_mask"])
+    memory = reader.encode(batch.reader_ids, batch.reader_mask)
+    return objectives.per_document_token_log_probs(reader, memory, batch.answer_ids,
+                                                   batch.answer_mask)
 
 
 def _emdr(config: ObjectiveConfig, scores, reader, batch, step_key):
-    return objectives.emdr_loss(scores, _per_document(reader, batch), batch["answer_mask"],
-                                batch["doc_valid"], theta=config.theta)
+    return objectives.emdr_loss(scores, _per_document(reader, batch), batch.answer_mask,
+                                batch.doc_valid, theta=config.theta)
 
 
 def _pdist(config: ObjectiveConfig, scores, reader, batch, step_key):
-    return objectives.pdist_loss(scores, _per_document(reader, batch), batch["answer_mask"],
-                                 batch["doc_valid"], theta=config.theta,
+    return objectives.pdist_loss(scores, _per_document(reader, batch), batch.answer_mask,
+                                 batch.doc_valid, theta=config.theta,
                                  temperature=config.temperature)
 
 
 def _loop(config: ObjectiveConfig, scores, reader, batch, step_key):
-    memory = reader.encode(batch["reader_ids"], batch["reader_mask"])
-    losses = objectives.leave_one_out_losses(reader, memory, batch["answer_ids"],
-                                             batch["answer_mask"], batch["doc_valid"])
-    return objectives.loop_loss(scores, losses, batch["doc_valid"], theta=config.theta,
+    memory = reader.encode(batch.reader_ids, batch.reader_mask)
+    losses = objectives.leave_one_out_losses(reader, memory, batch.answer_ids,
+                                             batch.answer_mask, batch.doc_valid)
+    return objectives.loop_loss(scores, losses, batch.doc_valid, theta=config.theta,
                                 temperature=config.temperature)
 
 
 def _adist(config: ObjectiveConfig, scores, reader, batch, step_key):
-    memory = reader.encode(batch["reader_ids"], batch["reader_mask"])
-    mass = reader.document_attention(memory, batch["answer_ids"], batch["answer_mask"])
-    return objectives.adist_loss(scores, jax.lax.stop_gradient(mass), batch["doc_valid"],
+    memory = reader.encode(batch.reader_ids, batch.reader_mask)
+    mass = reader.document_attention(memory, batch.answer_ids, batch.answer_mask)
+    return objectives.adist_loss(scores, jax.lax.stop_gradient(mass), batch.doc_valid,
                                  theta=config.theta)
 
 
@@ -80,11 +81,13 @@ OBJECTIVE_LOSSES = {"g_rerank": _g_rerank, "emdr": _emdr, "pdist": _pdist, "loop
 assert tuple(OBJECTIVE_LOSSES) == OBJECTIVES, "the registry and config.ObjectiveName differ"
 
 
-def objective_loss(config: ObjectiveConfig, ranker, reader, batch, step_key):
-    """The scalar loss of one batch for any objective (see ``gumbel_jax.objectives``)."""
+def objective_loss(config: ObjectiveConfig, ranker, reader, batch: Batch | dict, step_key):
+    """The scalar loss of one batch (a ``Batch`` or the pipeline's dict of its fields) for
+    any objective (see ``gumbel_jax.objectives``)."""
     if config.name not in OBJECTIVE_LOSSES:
         raise ValueError(f"unknown objective {config.name!r}; expected one of {OBJECTIVES}")
-    scores = ranker(batch["ranker_ids"], batch["ranker_mask"])
+    batch = Batch.of(batch)
+    scores = ranker(batch.ranker_ids, batch.ranker_mask)
     return OBJECTIVE_LOSSES[config.name](config, scores, reader, batch, step_key)
 
 

