@@ -69,7 +69,7 @@ def _time_mask_ops(batch, docs, doc_len, queries, steps) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=["paper", "tiny"], default="tiny")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--steps", type=int, default=20)

@@ -103,7 +103,7 @@ def run(args) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_shape_arguments(p)
     p.add_argument("--objective", default="g_rerank",
                    choices=[name for name in OBJECTIVES if name != "supervised"])

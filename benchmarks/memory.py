@@ -41,7 +41,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=["paper", "tiny"], default="tiny")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     p.add_argument("--docs", type=int, default=None)

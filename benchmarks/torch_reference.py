@@ -245,12 +245,14 @@ def _time_torch(torch, device, fn, args, flops) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_shape_arguments(p)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager"])
-    p.add_argument("--check", action="store_true", help="cross-framework consistency first")
+    p.add_argument("--check", action="store_true",
+                   help="first compare the loss and its gradient with ours on tiny models "
+                        "(whatever --size says): shared weights, same noise")
     p.add_argument("--out", default=None)
     args = common.fill_shape_defaults(p.parse_args(argv), paper_batch=16)
     common.write_report(args.out, run(args))

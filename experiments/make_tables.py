@@ -2,9 +2,10 @@
 
     python -m experiments.make_tables --workdir runs/paper [--out DIR]
 
-For every row and column: our mean ± standard deviation over the finished seeds (in %), the
-paper's number and the difference (ours - paper). Cells without a finished seed are marked
-"missing", and the list of missing or unfinished runs closes the markdown file.
+For every row and column: our mean ± standard deviation over the finished seeds (in %; one
+seed: its value, no ±), the paper's number and the difference (ours - paper). Cells without a
+finished seed are marked "missing", and the list of missing or unfinished runs closes the
+markdown file.
 Writes ``tables.md`` and ``tables.csv`` (long format: one line per row and column) into
 ``--out`` (default: the workdir).
 """
@@ -72,6 +73,8 @@ def table_entries(row: PaperRow, workdir: pathlib.Path) -> list[dict]:
 def _cell_text(entry: dict) -> list[str]:
     if entry["ours_mean"] is None:
         ours = "missing"
+    elif entry["seeds"] < 2:  # one seed has no spread to show
+        ours = f"{entry['ours_mean']:.1f} (n={entry['seeds']})"
     else:
         ours = f"{entry['ours_mean']:.1f} ± {entry['ours_std']:.1f}"
     paper = "—" if entry["paper"] is None else f"{entry['paper']:.1f}"
@@ -83,9 +86,10 @@ def markdown(rows: list[PaperRow], entries: dict[tuple[str, str], list[dict]],
              missing: list[str]) -> str:
     parts = ["# Our results beside the paper's",
              "",
-             "Ours: mean ± standard deviation over the finished seeds, in %. Paper: method.md, "
-             "'Published numbers' (— where the paper's number is not in our notes). "
-             "Δ = ours - paper."]
+             "Ours: mean ± sample standard deviation over the finished seeds (their number in "
+             "the seeds column), in %; a single seed's value shows as (n=1), without ±. "
+             "Paper: the paper's number as recorded in the row's config "
+             "(experiments/configs/paper/; — where none is). Δ = ours - paper."]
     for name, table in TABLES.items():
         table_rows = [r for r in rows if r.table == name]
         if not table_rows:
