@@ -1,15 +1,17 @@
 """What each paper table costs: FLOPs per G-Rerank training step and per run, and the
 expected time on one H100, a TPU v5e-8 and a TPU v4-8.
 
-    python -m experiments.costs            # the README's cost table (markdown)
+    python -m experiments.costs            # the cost table of docs/reproduce.md (markdown)
 
 FLOPs count only the work the gradient needs (``benchmarks.common.grerank_step_flops``).
-Times: the H100 rate is *measured* (the HotpotQA step at batch 32, 0.282 s, 402 TFLOP/s,
-``benchmarks/results/2026-11-26``; the 100-passage step at batch 8, 0.752 s, with the
-reranker rematerialised, ``benchmarks/results/2026-11-25``); other shapes on the H100 and
-every TPU figure are *estimates*: FLOPs / (the chips' bf16 peak x the utilisation measured on
-the H100). A table's total adds its rows' methods: their step times relative to G-Rerank's
-were measured on one H100 in one call at HotpotQA's shape (``h100_same_call_b32_*.json``).
+Times: the H100 rate is *measured* for the trainer's own step (the HotpotQA shape at batch 32,
+0.281 s, 402.6 TFLOP/s: ``benchmarks/results/2026-11-26/h100_trainer_step_cudnn_b32.json``;
+the 100-passage step at batch 8, 0.752 s, with the reranker rematerialised,
+``benchmarks/results/2026-11-25``); other shapes on the H100 and every TPU figure are
+*estimates*: FLOPs / (the chips' datasheet bf16 peak x the utilisation the H100 reached
+against its own datasheet peak, 40.7%). A table's total adds its rows' methods: their step
+times relative to G-Rerank's were measured on one H100 in one call at HotpotQA's shape
+(``h100_same_call_b32_*.json``).
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from benchmarks.common import Shape, grerank_step_flops
+from benchmarks.common import DATASHEET_BF16_TFLOPS, Shape, grerank_step_flops
 from experiments.paper import DATASETS, TABLES
 from gumbel_jax.models import T5Config
 from gumbel_jax.models.presets import T5_LARGE, T5_V1_1_BASE
 
-H100_MEASURED_TFLOPS = 401.7  # HotpotQA step, batch 32, cuDNN attention (2026-11-26)
-H100_PEAK_TFLOPS = 796.7  # measured bf16 matrix-product rate, same call
+# The trainer's step, HotpotQA shape, batch 32, cuDNN attention (2026-11-26, H100).
+H100_MEASURED_TFLOPS = 402.6
 NQ_MEASURED_STEP_S = 0.752  # 100 x 256 passages, batch 8, remat (2026-11-25)
-# bf16 peaks from Google's published chip specifications: v5e 197 TFLOP/s per chip (8 chips),
+# Datasheet bf16 dense peaks, the one denominator for every chip
+# (benchmarks.common.DATASHEET_BF16_TFLOPS): H100 SXM 989.4; v5e 197 per chip (8 chips),
 # v4 275 per chip (a v4-8 has 4 chips).
-TPU_PEAK_TFLOPS = {"TPU v5e-8": 8 * 197.0, "TPU v4-8": 4 * 275.0}
-UTILISATION = H100_MEASURED_TFLOPS / H100_PEAK_TFLOPS
+H100_PEAK_TFLOPS = DATASHEET_BF16_TFLOPS["NVIDIA H100 80GB HBM3"]
+TPU_PEAK_TFLOPS = {"TPU v5e-8": 8 * DATASHEET_BF16_TFLOPS["TPU v5e"],
+                   "TPU v4-8": 4 * DATASHEET_BF16_TFLOPS["TPU v4"]}
+UTILISATION = H100_MEASURED_TFLOPS / H100_PEAK_TFLOPS  # model-FLOPs utilisation, datasheet
 # Step time relative to G-Rerank's (0.2815 s), H100, batch 32 x 10 x 256, one call
 # (benchmarks/results/2026-11-26): EMDR 0.2733 s, LOOP 0.4314 s, ADist 0.2739 s. PDist does
 # EMDR's reader work (each passage read alone), so it takes EMDR's ratio.
@@ -91,7 +96,9 @@ def table_costs() -> list[Cost]:
 
 def tpu_step_s(cost: Cost, peak_tflops: float) -> float:
     """The H100's measured seconds per step scaled to a TPU slice of ``peak_tflops``, at
-    the utilisation the H100 reached."""
+    the utilisation the H100 reached against its datasheet peak (both denominators are
+    datasheet figures; mixing in the H100's measured matmul rate made these ~24%
+    optimistic)."""
     return cost.h100_step_s * H100_PEAK_TFLOPS / peak_tflops
 
 
@@ -124,7 +131,7 @@ def markdown(seeds: int = 3) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--seeds", type=int, default=3)
     print(markdown(p.parse_args(argv).seeds))
     return 0
