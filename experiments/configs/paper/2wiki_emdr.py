@@ -1,6 +1,6 @@
 """Table "2WikiMultiHopQA", row "EMDR" (run 2wiki_emdr).
 
-Paper: no number for this row in our notes (method.md); the cell is ours alone.
+Paper: no published number for this row is known to us; the cell is ours alone.
 
     python -m experiments.reproduce --table 2wiki --cell 2wiki_emdr \
         --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3

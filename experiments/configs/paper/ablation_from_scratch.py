@@ -1,7 +1,7 @@
 """Table "ablations (HotpotQA, G-Rerank)", row "from-scratch reranker" (run
 hotpotqa_g_rerank_from_scratch).
 
-Paper: no number for this row in our notes (method.md); the cell is ours alone.
+Paper: no published number for this row is known to us; the cell is ours alone.
 
     python -m experiments.reproduce --table ablations --cell hotpotqa_g_rerank_from_scratch \
         --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3

@@ -1,6 +1,6 @@
 """Table "ablations (HotpotQA, G-Rerank)", row "tau = 2.0" (run hotpotqa_g_rerank_tau2.0).
 
-Paper: no number for this row in our notes (method.md); the cell is ours alone.
+Paper: no published number for this row is known to us; the cell is ours alone.
 
     python -m experiments.reproduce --table ablations --cell hotpotqa_g_rerank_tau2.0 \
         --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3

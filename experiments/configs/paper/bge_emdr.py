@@ -1,6 +1,6 @@
 """Table "HotpotQA with the BGE-base reranker", row "EMDR" (run bge_hotpotqa_emdr).
 
-Paper: no number for this row in our notes (method.md); the cell is ours alone.
+Paper: no published number for this row is known to us; the cell is ours alone.
 
     python -m experiments.reproduce --table bge --cell bge_hotpotqa_emdr \
         --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3

@@ -1,6 +1,6 @@
 """Table "Natural Questions", row "PDist" (run nq_pdist).
 
-Paper: no number for this row in our notes (method.md); the cell is ours alone.
+Paper: no published number for this row is known to us; the cell is ours alone.
 
     python -m experiments.reproduce --table nq --cell nq_pdist \
         --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3

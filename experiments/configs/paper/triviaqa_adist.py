@@ -1,6 +1,6 @@
 """Table "TriviaQA", row "ADist" (run triviaqa_adist).
 
-Paper: no number for this row in our notes (method.md); the cell is ours alone.
+Paper: no published number for this row is known to us; the cell is ours alone.
 
     python -m experiments.reproduce --table triviaqa --cell triviaqa_adist \
         --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3
