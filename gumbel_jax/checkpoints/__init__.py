@@ -29,3 +29,32 @@ __all__ = [
     "resolve_model_dir",
     "t5_from_tensors",
 ]
+
+# Export (the inverse of the import above) and reading an export back.
+from gumbel_jax.checkpoints.export import (  # noqa: E402
+    ExportError,
+    LoadedModel,
+    bert_config_to_hf,
+    cross_encoder_to_tensors,
+    export_reader,
+    export_reranker,
+    export_run,
+    load_exported_reader,
+    load_exported_reranker,
+    t5_config_to_hf,
+    t5_to_tensors,
+)
+
+__all__ += [
+    "ExportError",
+    "LoadedModel",
+    "bert_config_to_hf",
+    "cross_encoder_to_tensors",
+    "export_reader",
+    "export_reranker",
+    "export_run",
+    "load_exported_reader",
+    "load_exported_reranker",
+    "t5_config_to_hf",
+    "t5_to_tensors",
+]
