@@ -8,6 +8,8 @@ paper's differentiable masked attention; a 0/1 mask equals reading only the chos
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -15,11 +17,6 @@ from flax import nnx
 from gumbel_jax.models.attention import DmaMethod
 from gumbel_jax.models.reader import Memory
 from gumbel_jax.models.t5 import T5Config, T5EncoderDecoder, shift_right
-
-
-def fid_passage_text(question: str, title: str, text: str) -> str:
-    """The reader's input for one passage, as in FiD."""
-    return f"question: {question} title: {title} context: {text}"
 
 
 class FiDReader(nnx.Module):
@@ -154,7 +151,7 @@ def greedy_search(step, cache, *, start_id: int, eos_id: int, pad_id: int):
     Returns:
       ``[rows, max_length]`` int32 tokens, ``pad_id`` after each row's EOS.
     """
-    rows, max_length = cache.self_keys.shape[1], cache.max_length
+    rows, max_length = cache.rows, cache.max_length
 
     def unfinished(state):
         position, _, done, _, _ = state
@@ -173,89 +170,129 @@ def greedy_search(step, cache, *, start_id: int, eos_id: int, pad_id: int):
 
 
 # Hugging Face's stand-in score of a candidate that must not be chosen (added, not assigned,
-# as there, so ties and sums behave the same).
+# as there, so the order of the candidates it pushes down is the same).
 _EXCLUDED = -1.0e9
 
 
+class _Beams(NamedTuple):
+    """Beam search state; ``hypotheses = beams`` per question."""
+
+    position: jax.Array  # int32: tokens generated so far
+    running: jax.Array  # [batch, beams, max_length] hypotheses still extended
+    running_scores: jax.Array  # [batch, beams] their summed log-probabilities
+    best: jax.Array  # [batch, beams, max_length] finished hypotheses, best first
+    best_scores: jax.Array  # [batch, beams] their length-normalised scores
+    finished: jax.Array  # [batch, beams] which slots of `best` hold a finished hypothesis
+    improvable: jax.Array  # [batch] whether HF's heuristic lets finished ones still change
+    cache: Any
+
+
 def beam_search(step, cache, *, start_id: int, eos_id: int, pad_id: int,
-                length_penalty: float = 1.0):
-    """Beam search as Hugging Face's ``generate(num_beams=..., early_stopping=True)``.
+                length_penalty: float = 1.0, early_stopping: bool = True):
+    """Hugging Face's beam search (``generate(num_beams=beams, ...)``, transformers 5).
 
     Per question, ``beams`` running hypotheses (the first starts alone, the others at
-    :data:`_EXCLUDED`). At each step every running hypothesis is extended by every token; the
-    ``2 * beams`` best continuations by summed log-probability are kept. A continuation that
-    ends (EOS, or the last position) and ranks among the first ``beams`` becomes a finished
-    hypothesis scored ``sum log p / length ** length_penalty`` (length = generated tokens,
-    EOS included); one ranked lower is dropped. The ``beams`` best continuations that did not
-    end run on. A question is done once it holds ``beams`` finished hypotheses (HF's
-    ``early_stopping=True``: later, possibly better ones are not looked for); the loop stops
-    when every question is done or the last position is written. The answer is the best
+    :data:`_EXCLUDED`). At each step every running hypothesis is extended by every token and
+    the ``2 * beams`` best continuations by summed log-probability are kept. A continuation
+    that ends (EOS, or the last position) and ranks among the first ``beams`` is a finished
+    hypothesis scored ``sum log p / length ** length_penalty`` (length: generated tokens, EOS
+    included); one ranked lower is dropped. The ``beams`` best continuations that did not end
+    run on, and the ``beams`` best finished hypotheses are kept. The answer is the best
     finished hypothesis.
 
+    A question stops taking finished hypotheses once it holds ``beams`` of them
+    (``early_stopping=True``), or once HF's heuristic says the best running hypothesis,
+    normalised by its current length, cannot beat the worst finished one (both settings;
+    ``early_stopping=False`` relies on it alone). The loop ends when no question can change
+    or after ``max_length`` tokens.
+
     The cache rows follow their hypotheses (:meth:`DecodeCache.reorder`); the memory keys and
-    values are shared by a question's beams, never copied.
+    values are shared by a question's beams (they are its queries), never copied per beam.
 
     Args:
       step: ``(token_ids [batch * beams], position, cache) -> (logits, cache)``.
       cache: the initial cache, with ``batch * beams`` self-attention rows.
       start_id, eos_id, pad_id: the decoder start, end and padding tokens.
-      length_penalty: exponent of the length that divides a finished hypothesis's score.
+      length_penalty: exponent of the length dividing a finished hypothesis's score.
+      early_stopping: stop a question at ``beams`` finished hypotheses (HF's ``True``), or
+        only by the heuristic (HF's default ``False``).
 
     Returns:
       ``[batch, max_length]`` int32 tokens of each question's best hypothesis, padded.
     """
-    beams, max_length = cache.num_beams, cache.max_length
-    batch = cache.cross_keys.shape[1]
-    candidates = 2 * beams
-    top_beams = jnp.arange(candidates) < beams
+    beams, max_length, batch = cache.num_beams, cache.max_length, cache.batch_size
 
-    def unfinished(state):
-        position, finished = state[0], state[5]
-        return (position < max_length) & ~jnp.all(finished)
+    def unfinished(state: _Beams):
+        open_slots = ~jnp.all(state.finished) if early_stopping else True
+        return (state.position < max_length) & jnp.any(state.improvable) & open_slots
 
-    def advance(state):
-        (position, running, running_scores, best, best_scores, finished, previous,
-         cache) = state
-        logits, cache = step(previous, position, cache)
+    def advance(state: _Beams) -> _Beams:
+        previous = jnp.where(state.position == 0, start_id,
+                             _column(state.running, state.position - 1).reshape(-1))
+        logits, cache = step(previous, state.position, state.cache)
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        log_probs = log_probs.reshape(batch, beams, -1)
-        vocab = log_probs.shape[-1]
-        totals = (running_scores[..., None] + log_probs).reshape(batch, beams * vocab)
-        scores, flat = jax.lax.top_k(totals, candidates)  # [batch, candidates]
-        origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
-        extended = jax.lax.dynamic_update_index_in_dim(
-            jnp.take_along_axis(running, origin[..., None], axis=1), token, position, axis=2)
-        ends = (token == eos_id) | (position + 1 == max_length)
+        totals = state.running_scores[..., None] + log_probs.reshape(batch, beams, -1)
+        scores, origin, extended = _top_continuations(totals, state, 2 * beams)
+        ends = (_column(extended, state.position) == eos_id) | (
+            state.position + 1 == max_length)
 
-        # The best continuations that go on.
         going_on = scores + _EXCLUDED * ends
         _, keep = jax.lax.top_k(going_on, beams)
-        running = jnp.take_along_axis(extended, keep[..., None], axis=1)
-        running_scores = jnp.take_along_axis(going_on, keep, axis=1)
         origin = jnp.take_along_axis(origin, keep, axis=1)
         cache = cache.reorder((origin + beams * jnp.arange(batch)[:, None]).reshape(-1))
-
-        # The finished hypotheses: merge the new ones, keep the best `beams`.
-        length = (position + 1).astype(jnp.float32)
-        new_scores = scores / length**length_penalty
-        new_scores += _EXCLUDED * jnp.all(finished, axis=-1, keepdims=True)
-        new_finished = ends & top_beams
-        new_scores += _EXCLUDED * ~new_finished
-        merged_scores = jnp.concatenate([best_scores, new_scores], axis=1)
-        _, pick = jax.lax.top_k(merged_scores, beams)
-        best = jnp.take_along_axis(jnp.concatenate([best, extended], axis=1), pick[..., None],
-                                   axis=1)
-        best_scores = jnp.take_along_axis(merged_scores, pick, axis=1)
-        finished = jnp.take_along_axis(jnp.concatenate([finished, new_finished], axis=1), pick,
-                                       axis=1)
-        previous = running[:, :, position].reshape(-1)
-        return (position + 1, running, running_scores, best, best_scores, finished, previous,
-                cache)
+        running_scores = jnp.take_along_axis(going_on, keep, axis=1)
+        state = state._replace(running=_gather(extended, keep), running_scores=running_scores,
+                               cache=cache, position=state.position + 1)
+        return _take_finished(state, extended, scores, ends, length_penalty, early_stopping)
 
     empty = jnp.full((batch, beams, max_length), pad_id, jnp.int32)
     first_only = jnp.where(jnp.arange(beams) == 0, 0.0, _EXCLUDED).astype(jnp.float32)
-    state = (jnp.int32(0), empty, jnp.broadcast_to(first_only, (batch, beams)), empty,
-             jnp.full((batch, beams), _EXCLUDED, jnp.float32), jnp.zeros((batch, beams), bool),
-             jnp.full((batch * beams,), start_id, jnp.int32), cache)
-    best = jax.lax.while_loop(unfinished, advance, state)[3]
-    return best[:, 0]
+    state = _Beams(jnp.int32(0), empty, jnp.broadcast_to(first_only, (batch, beams)), empty,
+                   jnp.full((batch, beams), _EXCLUDED, jnp.float32),
+                   jnp.zeros((batch, beams), bool), jnp.ones((batch,), bool), cache)
+    return jax.lax.while_loop(unfinished, advance, state).best[:, 0]
+
+
+def _column(tokens, position):
+    """``tokens[..., position]`` for a traced position."""
+    return jax.lax.dynamic_index_in_dim(tokens, position, axis=-1, keepdims=False)
+
+
+def _gather(hypotheses, index):
+    """``[batch, n, length]`` hypotheses, ``[batch, m]`` indices -> ``[batch, m, length]``."""
+    return jnp.take_along_axis(hypotheses, index[..., None], axis=1)
+
+
+def _top_continuations(totals, state: _Beams, count: int):
+    """The ``count`` best (hypothesis, token) pairs of ``totals [batch, beams, vocab]``: their
+    scores, the hypothesis each extends and the extended hypotheses."""
+    batch, beams, vocab = totals.shape
+    scores, flat = jax.lax.top_k(totals.reshape(batch, beams * vocab), count)
+    origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+    extended = jax.lax.dynamic_update_index_in_dim(_gather(state.running, origin), token,
+                                                   state.position, axis=2)
+    return scores, origin, extended
+
+
+def _take_finished(state: _Beams, extended, scores, ends, length_penalty: float,
+                   early_stopping: bool) -> _Beams:
+    """Merge the continuations that just ended (if they rank among the first ``beams``) into
+    the finished hypotheses, then update HF's early-stop heuristic."""
+    beams = state.best.shape[1]
+    length = state.position.astype(jnp.float32)  # tokens of the extended hypotheses
+    new_scores = scores / length**length_penalty
+    closed = ~state.improvable[:, None]
+    if early_stopping:
+        closed |= jnp.all(state.finished, axis=-1, keepdims=True)
+    new_finished = ends & (jnp.arange(scores.shape[1]) < beams)
+    new_scores += _EXCLUDED * closed + _EXCLUDED * ~new_finished
+    merged_scores = jnp.concatenate([state.best_scores, new_scores], axis=1)
+    _, pick = jax.lax.top_k(merged_scores, beams)
+    best_scores = jnp.take_along_axis(merged_scores, pick, axis=1)
+    finished = jnp.take_along_axis(jnp.concatenate([state.finished, new_finished], axis=1),
+                                   pick, axis=1)
+    best_possible = state.running_scores[:, :1] / length**length_penalty
+    worst = jnp.where(finished, jnp.min(best_scores, axis=1, keepdims=True), _EXCLUDED)
+    improvable = state.improvable & jnp.any(best_possible > worst, axis=1)
+    return state._replace(best=_gather(jnp.concatenate([state.best, extended], axis=1), pick),
+                          best_scores=best_scores, finished=finished, improvable=improvable)
