@@ -231,6 +231,8 @@ def train_rankers_stage(config: DemoConfig, reader, train_examples, eval_batch, 
     from gumbel_jax.models import RankT5
     from gumbel_jax.training import ObjectiveConfig, OptimizerConfig, make_train_step
     from gumbel_jax.training.evaluation import evaluate
+    from gumbel_jax.training.hooks import Hook
+    from gumbel_jax.training.loop import NonFiniteLossError, RankerState, ranker_step, run_steps
     from gumbel_jax.training.step import make_optimizer
 
     vocab = len(tokenizer)
@@ -259,31 +261,36 @@ def train_rankers_stage(config: DemoConfig, reader, train_examples, eval_batch, 
         objective = ObjectiveConfig(k=config.k, **METHODS[method])
         tx = make_optimizer(OptimizerConfig(learning_rate=config.ranker_learning_rate),
                             config.ranker_steps)
-        train_step = make_train_step(ranker_graph, reader_graph, tx, objective)
+        step_fn = ranker_step(make_train_step(ranker_graph, reader_graph, tx, objective),
+                              reader_state)
         for seed in range(config.seeds):
             ranker = new_ranker(seed)  # the same initialisation for every method
             _, params = nnx.split(ranker)
-            opt_state = tx.init(params)
-            data = batches(train_examples, config.batch_size, seed=seed)
-            base_key = jax.random.key(seed)
             curve, losses = [], []
+
+            def curve_point(step, state, metrics, curve=curve):
+                scores = np.asarray(eval_scores(state.params, device_eval))
+                curve.append(indirect_recall(scores, eval_batch, config.k))
+
+            def on_log(rows, seconds, losses=losses, method=method, seed=seed):
+                losses.extend(row["loss"] for row in rows)
+                stage.update(len(rows), method=method, seed=seed, loss=f"{losses[-1]:.3f}")
+
             started = time.perf_counter()
-            for step in range(config.ranker_steps + 1):
-                if step in checkpoints:
-                    scores = np.asarray(eval_scores(params, device_eval))
-                    curve.append(indirect_recall(scores, eval_batch, config.k))
-                if step == config.ranker_steps:
-                    break
-                batch = {key: jnp.asarray(value) for key, value in next(data).items()}
-                params, opt_state, out = train_step(params, opt_state, reader_state, batch,
-                                                    jax.random.fold_in(base_key, step))
-                losses.append(float(out["loss"]))  # waits for the step
-                stage.update(method=method, seed=seed, loss=f"{losses[-1]:.3f}")
+            curve_point(0, RankerState(params, None), {})
+            data = ({key: jnp.asarray(value) for key, value in batch.items()}
+                    for batch in batches(train_examples, config.batch_size, seed=seed))
+            try:
+                state, _ = run_steps(step_fn, RankerState(params, tx.init(params)), data,
+                                     start=0, end=config.ranker_steps,
+                                     base_key=jax.random.key(seed),
+                                     log_every=config.eval_every, on_log=on_log,
+                                     hooks=[Hook(curve_point, every=config.eval_every,
+                                                 at_end=True)])
+            except NonFiniteLossError as error:
+                raise NonFiniteLossError(f"{method}, seed {seed}: {error}") from None
             train_seconds = time.perf_counter() - started
-            if not np.all(np.isfinite(losses)):
-                raise FloatingPointError(f"{method}, seed {seed}: non-finite loss at step "
-                                         f"{int(np.argmin(np.isfinite(losses))) + 1}")
-            nnx.update(ranker, params)
+            nnx.update(ranker, state.params)
             result = evaluate(ranker, reader, held_out, featurized, k=config.k,
                               batch_size=128, tokenizer=tokenizer, max_answer_length=2)
             runs[method].append({"seed": seed, "metrics": result["metrics"],

@@ -1,6 +1,9 @@
-"""The training loop: resume from the run directory, one step at a time, metrics as JSON
-lines, checkpoints with orbax (reranker parameters, optimizer state, step, input-pipeline
-state, config), and a clear stop on a non-finite loss."""
+"""The step loop and the training shell around it. ``run_steps`` runs a jitted step over
+batches with per-step keys, waits for the device every ``log_every`` steps (metrics, a stop on
+a non-finite loss naming the step) and runs hooks (``training.hooks``); it serves reranker
+training, reader training and the demo. ``train`` adds what a run needs: automatic exact
+resume from orbax checkpoints (reranker parameters, optimizer state, step, input-pipeline
+state, config), metrics.jsonl and TensorBoard, preemption, placement on a mesh."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pathlib
 import signal
 import threading
 import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -22,6 +26,7 @@ from flax import nnx
 
 from gumbel_jax import sharding
 from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig, TrainConfig
+from gumbel_jax.training.hooks import Hook, TrainContext, is_due
 from gumbel_jax.training.step import make_optimizer, make_train_step
 
 
@@ -50,20 +55,97 @@ def _manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManage
                                  item_names=("state", "data", "config"))
 
 
+class RankerState(NamedTuple):
+    """What reranker training threads from step to step (the reader is frozen, not here)."""
+
+    params: Any
+    opt_state: Any
+
+
+def ranker_step(train_step, reader_state):
+    """``train_step`` of ``step.make_train_step`` as a ``run_steps`` step function:
+    ``(RankerState, batch, key) -> (RankerState, {"loss", "grad_norm"})``."""
+
+    def step(state: RankerState, batch, key):
+        params, opt_state, out = train_step(state.params, state.opt_state, reader_state, batch,
+                                            key)
+        return RankerState(params, opt_state), out
+
+    return step
+
+
+def run_steps(step_fn, state, batches, *, start: int, end: int, base_key, log_every: int = 1,
+              hooks=(), on_log=None, stop=None, wait_every_step: bool = False):
+    """Run steps ``start + 1 .. end`` of ``step_fn(state, batch, key) -> (state, metrics)``
+    (``metrics``: scalar arrays, ``"loss"`` among them) on batches from the iterator
+    ``batches``; step ``s`` gets the key ``fold_in(base_key, s - 1)``, so ``start`` .. N then
+    N .. 2N equals 0 .. 2N. ``state`` and ``step_fn`` are opaque here (a reader's trainer
+    passes its own).
+
+    The host waits for the device only at a sync: after every ``log_every``-th step, the last
+    step, a stop, and any step where a hook is due. There every pending step's metrics are
+    fetched at once: ``on_log(rows, seconds)`` receives them (one ``{"step", "loss", ...}`` dict
+    of floats per step since the last sync, and the seconds they took), then a non-finite loss
+    raises :class:`NonFiniteLossError` naming the first such step (at most ``log_every - 1``
+    steps after it ran), and only then the hooks due run (``hooks.is_due``), so no hook sees a
+    state that followed a non-finite loss. ``stop(step)``, asked after every step (it must not
+    wait for the device), ends the run after that step. ``wait_every_step`` blocks on each
+    step's result without fetching it (see ``train``).
+
+    Returns ``(state, metrics)``: the final state and the host metrics of the last step run
+    (``{}`` if none ran).
+    """
+    if log_every < 1:
+        raise ValueError(f"log_every={log_every} must be >= 1")
+    pending, metrics = [], {}
+    window_started = time.perf_counter()
+    for step in range(start + 1, end + 1):
+        state, out = step_fn(state, next(batches), jax.random.fold_in(base_key, step - 1))
+        if wait_every_step:
+            jax.block_until_ready(out)
+        pending.append(out)
+        stopping = step == end or (stop is not None and stop(step))
+        due = [hook for hook in hooks if is_due(hook, step, end)]
+        if not (stopping or due or step % log_every == 0):
+            continue
+        rows = [{"step": s, **{name: float(v) for name, v in values.items()}}
+                for s, values in zip(range(step - len(pending) + 1, step + 1),
+                                     jax.device_get(pending), strict=True)]
+        pending = []
+        if on_log is not None:
+            on_log(rows, time.perf_counter() - window_started)
+        for row in rows:
+            if not math.isfinite(row["loss"]):
+                raise NonFiniteLossError(f"non-finite loss ({row['loss']}) at step {row['step']}")
+        metrics = rows[-1]
+        for hook in due:
+            hook(step, state, metrics)
+        window_started = time.perf_counter()
+        if stopping:
+            break
+    return state, metrics
+
+
 def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
-          stop_at: int | None = None, mesh=None) -> dict:
+          stop_at: int | None = None, mesh=None, hooks=()) -> dict:
     """Train ``ranker`` (a Flax NNX module, updated in place at the end) against the frozen
-    ``reader`` on batches from ``dataset`` (a grain IterDataset).
+    ``reader`` on batches from ``dataset`` (a grain IterDataset): the shell around
+    :func:`run_steps` (checkpoints, metrics, preemption, placement on a mesh).
 
     Resumes automatically from the latest complete checkpoint in ``workdir`` (a half-written
     one is ignored by orbax): parameters, optimizer state and the data iterator continue
     exactly, and the per-step keys are ``fold_in(seed key, step)``, so N + N steps equal 2N.
-    ``stop_at`` ends the run after that step with a checkpoint, as a preemption would. A
-    SIGTERM does the same after the step in flight (``metrics["preempted"]`` is True).
-    With a ``mesh`` (``gumbel_jax.sharding.make_mesh``) batches are split over its
-    (data, fsdp) axes and parameters placed by ``sharding.PARAMETER_RULES``; a restore
+    metrics.jsonl is first cut back to the restored step, so a run killed after its last
+    checkpoint logs no step twice. It gets one line per ``config.log_every`` steps (the mean
+    loss and gradient norm over them) and the hooks' lines (``eval/...``); TensorBoard gets the
+    same when installed. ``stop_at`` ends the run after that step with a checkpoint, as a
+    preemption would. A SIGTERM does the same after the step in flight (``metrics
+    ["preempted"]`` is True). ``hooks`` (see ``training.hooks``, e.g. ``held_out_eval_hook``)
+    run after the steps they choose, before that step's checkpoint, and see a
+    :class:`RankerState`. With a ``mesh`` (``gumbel_jax.sharding.make_mesh``) batches are split
+    over its (data, fsdp) axes and parameters placed by ``sharding.PARAMETER_RULES``; a restore
     lands on whatever mesh is given.
-    Returns the last step's metrics.
+    Returns the metrics of the last line written for training steps.
     """
     # orbax needs an absolute checkpoint path; library callers may pass a relative one.
     workdir = pathlib.Path(workdir).absolute()
@@ -72,67 +154,126 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     reader_graph, reader_state = nnx.split(reader)
     tx, train_step = _optimizer_and_step(ranker_graph, reader_graph, config.optimizer,
                                          config.num_steps, config.objective)
-    opt_state = tx.init(params)
     iterator = iter(dataset)
     manager = _manager(workdir, config)
-    if mesh is not None:  # from the fresh state, which carries the logical axis names
-        param_shardings = sharding.parameter_shardings(params, mesh)
     start = manager.latest_step() or 0
+    state = RankerState(params, tx.init(params))
     if start:
         restored = manager.restore(start, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}),
-            data=ocp.args.JsonRestore()))
-        params, opt_state = restored["state"]["params"], restored["state"]["opt_state"]
+            state=ocp.args.StandardRestore(state._asdict()), data=ocp.args.JsonRestore()))
+        state = RankerState(**restored["state"])
         iterator.set_state(restored["data"])
-    if mesh is not None:
-        params = jax.device_put(params, param_shardings)
+    if mesh is not None:  # shardings from the fresh parameters, which carry the axis names
+        state = _place_on_mesh(state, params, tx, mesh)
         reader_state = sharding.shard_parameters(reader_state, mesh)
-        # Optimizer state built from the placed parameters is sharded alike; a restored one
-        # is moved onto those shardings.
-        placed = jax.jit(tx.init)(params)
-        on_mesh = lambda x: (x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding)
-                             else sharding.replicated(mesh))  # e.g. the step count
-        opt_state = jax.device_put(opt_state, jax.tree.map(on_mesh, placed))
     place = (lambda b: sharding.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
-    base_key = jax.random.key(config.seed)
-    metrics = {}
-    progress = _progress(start, config.num_steps)
-    events = _tensorboard(workdir)
-    # Every process trains; only the first writes the metrics file (orbax coordinates the
-    # checkpoint writes of all processes itself).
-    metrics_path = workdir / "metrics.jsonl" if jax.process_index() == 0 else os.devnull
-    with open(metrics_path, "a") as log, _sigterm_flag() as preempted:
-        for step in range(start, config.num_steps):
-            batch = place(next(iterator))
-            started = time.perf_counter()
-            params, opt_state, out = train_step(params, opt_state, reader_state, batch,
-                                                jax.random.fold_in(base_key, step))
-            loss = float(out["loss"])  # waits for the step: no collective runs ahead
-            metrics = {"step": step + 1, "loss": loss, "grad_norm": float(out["grad_norm"]),
-                       "step_s": time.perf_counter() - started}
-            log.write(json.dumps(metrics) + "\n")
-            log.flush()
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{1 / metrics['step_s']:.1f}")
-            if events is not None:
-                events.add_scalar("train/loss", loss, step + 1)
-                events.add_scalar("train/grad_norm", metrics["grad_norm"], step + 1)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss ({loss}) at step {step + 1}; "
-                                         f"metrics up to it are in {workdir / 'metrics.jsonl'}")
-            if preempted.is_set():
-                metrics["preempted"] = True
-            last = step + 1 in (config.num_steps, stop_at) or preempted.is_set()
-            if (step + 1) % config.checkpoint_every == 0 or last:
-                _save(manager, step + 1, params, opt_state, iterator, config)
-            if last:
-                break
-    progress.close()
-    if events is not None:
-        events.close()
-    manager.close()
-    nnx.update(ranker, params)
-    return metrics
+    log = _RunLog(workdir, start, config.num_steps)
+    context = TrainContext(workdir=workdir, ranker_graph=ranker_graph, reader=reader,
+                           log=log.write)
+    saved = [start]
+
+    def save(step, state, _=None):
+        _save(manager, step, state, iterator, config)
+        saved.append(step)
+
+    try:
+        for hook in hooks:
+            getattr(hook, "open", lambda _: None)(context)
+        with _sigterm_flag() as preempted:
+            state, last = run_steps(
+                ranker_step(train_step, reader_state), state, map(place, iterator),
+                start=start, end=config.num_steps, base_key=jax.random.key(config.seed),
+                log_every=config.log_every, on_log=log.train_rows,
+                hooks=[*hooks, Hook(save, every=config.checkpoint_every)],
+                stop=lambda step: step == stop_at or preempted.is_set(),
+                wait_every_step=_collectives_on_cpu(mesh))
+            if last and last["step"] != saved[-1]:  # the last step, a stop or a preemption
+                save(last["step"], state)
+            if last and preempted.is_set():
+                log.last["preempted"] = True
+    except NonFiniteLossError as error:
+        raise NonFiniteLossError(f"{error}; metrics up to it are in {log.path}") from None
+    finally:
+        for hook in hooks:
+            getattr(hook, "close", lambda: None)()
+        log.close()
+        manager.close()
+    nnx.update(ranker, state.params)
+    return log.last
+
+
+def _collectives_on_cpu(mesh) -> bool:
+    """Steps over several simulated CPU devices must not run ahead of the host: on jax <=
+    0.11.2 back-to-back jitted steps with collectives can deadlock there."""
+    return mesh is not None and mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
+def _place_on_mesh(state: RankerState, fresh_params, tx, mesh) -> RankerState:
+    params = jax.device_put(state.params, sharding.parameter_shardings(fresh_params, mesh))
+    # Optimizer state built from the placed parameters is sharded alike; a restored one is
+    # moved onto those shardings.
+    placed = jax.jit(tx.init)(params)
+    on_mesh = lambda x: (x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding)
+                         else sharding.replicated(mesh))  # e.g. the step count
+    return RankerState(params, jax.device_put(state.opt_state, jax.tree.map(on_mesh, placed)))
+
+
+class _RunLog:
+    """metrics.jsonl (written by the first process only; every process trains) and
+    TensorBoard, both cut back to ``start``, the restored step; the progress bar."""
+
+    def __init__(self, workdir: pathlib.Path, start: int, total: int):
+        self.path = workdir / "metrics.jsonl"
+        writes = jax.process_index() == 0
+        if writes:
+            truncate_metrics(self.path, start)
+        self.file = open(self.path if writes else os.devnull, "a")
+        self.events = _tensorboard(workdir, start) if writes else None
+        self.progress = _progress(start, total)
+        self.last = {}
+
+    def write(self, step: int, values: dict) -> None:
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.events is not None:
+            for name, value in values.items():
+                self.events.add_scalar(name if "/" in name else f"train/{name}", value, step)
+
+    def train_rows(self, rows: list[dict], seconds: float) -> None:
+        """One line for the steps since the last sync: their mean loss and gradient norm."""
+        names = [name for name in rows[-1] if name != "step"]
+        values = {name: math.fsum(row[name] for row in rows) / len(rows) for name in names}
+        self.last = {"step": rows[-1]["step"], **values, "step_s": seconds / len(rows)}
+        self.write(rows[-1]["step"], {**values, "step_s": self.last["step_s"]})
+        self.progress.update(len(rows))
+        self.progress.set_postfix(loss=f"{values['loss']:.4f}",
+                                  steps_per_s=f"{len(rows) / max(seconds, 1e-9):.1f}")
+
+    def close(self) -> None:
+        self.progress.close()
+        self.file.close()
+        if self.events is not None:
+            self.events.close()
+
+
+def truncate_metrics(path: pathlib.Path, step: int) -> None:
+    """Drop the lines of ``path`` past ``step`` (and a line cut short when a process was
+    killed while writing it), by an atomic rewrite; the run then continues from ``step``."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _line_step(line) is not None and _line_step(line) <= step]
+    if kept != lines:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        os.replace(temporary, path)
+
+
+def _line_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -154,22 +295,23 @@ def _progress(start: int, total: int):
                 disable=not sys.stderr.isatty())
 
 
-def _tensorboard(workdir: pathlib.Path):
+def _tensorboard(workdir: pathlib.Path, start: int = 0):
     """A TensorBoard event writer when tensorboard is installed (through tensorboardX or
-    torch); None otherwise. Metrics always go to metrics.jsonl as well."""
+    torch); None otherwise. Metrics always go to metrics.jsonl as well. A resumed run purges
+    the events past its restored step ``start``."""
     for module in ("tensorboardX", "torch.utils.tensorboard"):
         try:
             writer = __import__(module, fromlist=["SummaryWriter"]).SummaryWriter
         except ImportError:
             continue
-        return writer(str(workdir / "tensorboard"))
+        return writer(str(workdir / "tensorboard"), purge_step=start + 1 if start else None)
     return None
 
 
-def _save(manager, step, params, opt_state, iterator, config):
+def _save(manager, step, state: RankerState, iterator, config):
     config_json = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+        state=ocp.args.StandardSave(state._asdict()),
         data=ocp.args.JsonSave(iterator.get_state()),
         config=ocp.args.JsonSave(config_json)))
     manager.wait_until_finished()

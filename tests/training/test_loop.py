@@ -1,5 +1,7 @@
 """The training loop on a tiny synthetic setup: every objective trains, exact resume (R12),
-non-finite loss stops naming the step (R11), same seed same run (R19), config overrides."""
+non-finite loss stops naming the step (R11), same seed same run (R19), config overrides; the
+step loop (run_steps: host syncs every log_every steps, hooks), metrics.jsonl cut back on
+resume (R23), held-out evaluation and the best checkpoint."""
 
 import dataclasses
 import json
@@ -41,7 +43,7 @@ def setup():
     return records, featurize, reader_cfg, ranker_cfg
 
 
-def _run(setup, workdir, config, steps=None, stop_at=None):
+def _run(setup, workdir, config, steps=None, stop_at=None, hooks=()):
     records, featurize, reader_cfg, ranker_cfg = setup
     if steps is not None:
         config = dataclasses.replace(config, num_steps=steps)
@@ -50,8 +52,12 @@ def _run(setup, workdir, config, steps=None, stop_at=None):
     dataset = make_dataset(records, featurize, batch_size=4, seed=config.seed, shard_index=0,
                            shard_count=1)
     metrics = train(config, ranker=ranker, reader=reader, dataset=dataset, workdir=workdir,
-                    stop_at=stop_at)
+                    stop_at=stop_at, hooks=hooks)
     return nnx.state(ranker), metrics
+
+
+def _lines(workdir) -> list[dict]:
+    return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
 
 
 CONFIG = TrainConfig(num_steps=8, checkpoint_every=3,
@@ -238,3 +244,263 @@ def test_train_step_compiles_once_for_same_shaped_batches(setup):
         params, opt_state, _ = step(params, opt_state, reader_state, next(batches),
                                     jax.random.fold_in(jax.random.key(0), i))
     assert step._cache_size() == 1
+
+
+# --- run_steps: the step loop on a toy step (no model, no compilation to speak of) ---------
+
+
+def _toy_step(nan_at=None):
+    """State: (number of steps run, running sum of each step's uniform draw); the batch is
+    the loss, made NaN at step ``nan_at``."""
+    import jax.numpy as jnp
+
+    calls = []
+
+    def step(state, batch, key):
+        calls.append(batch)
+        count, total = state
+        loss = jnp.float32(np.nan if count + 1 == nan_at else batch)
+        return (count + 1, total + jax.random.uniform(key)), {"loss": loss}
+
+    return step, calls
+
+
+def test_run_steps_syncs_every_log_every_steps_and_at_the_end(monkeypatch):
+    from gumbel_jax.training.loop import run_steps
+
+    fetches = []
+    real_get = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda x: fetches.append(len(x)) or real_get(x))
+    step, _ = _toy_step()
+    synced = []
+    state, last = run_steps(step, (0, 0.0), iter(range(100, 200)), start=0, end=10,
+                            base_key=jax.random.key(0), log_every=4,
+                            on_log=lambda rows, seconds: synced.append(rows))
+    # The host waits at steps 4, 8 and 10 only, and then gets every step's metrics.
+    assert fetches == [4, 4, 2]
+    assert [[row["step"] for row in rows] for rows in synced] == [[1, 2, 3, 4], [5, 6, 7, 8],
+                                                                  [9, 10]]
+    assert [row["loss"] for rows in synced for row in rows] == list(range(100, 110))
+    assert last == {"step": 10, "loss": 109.0} and state[0] == 10
+
+
+def test_run_steps_keys_are_fold_in_of_the_step_so_n_plus_n_is_2n():
+    from gumbel_jax.training.loop import run_steps
+
+    step, _ = _toy_step()
+    key = jax.random.key(3)
+    straight, _ = run_steps(step, (0, 0.0), iter(range(100)), start=0, end=6, base_key=key)
+    half, _ = run_steps(step, (0, 0.0), iter(range(100)), start=0, end=3, base_key=key)
+    resumed, _ = run_steps(step, half, iter(range(100)), start=3, end=6, base_key=key)
+    assert float(straight[1]) == float(resumed[1])
+
+
+def test_run_steps_raises_at_the_first_sync_after_a_non_finite_loss_naming_its_step():
+    """Promise: a non-finite loss at step s raises at the first sync at or after s (within
+    log_every - 1 further steps), naming s; the metrics up to the sync are logged first, and
+    no hook runs on the state that followed it."""
+    from gumbel_jax.training.hooks import Hook
+    from gumbel_jax.training.loop import NonFiniteLossError, run_steps
+
+    step, calls = _toy_step(nan_at=3)
+    logged, hooked = [], []
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 3$"):
+        run_steps(step, (0, 0.0), iter(range(100)), start=0, end=10,
+                  base_key=jax.random.key(0), log_every=2,
+                  on_log=lambda rows, seconds: logged.extend(r["step"] for r in rows),
+                  hooks=[Hook(lambda *a: hooked.append(a[0]), every=2)])
+    assert len(calls) == 4  # stopped at the sync after step 4, not after the run
+    assert logged == [1, 2, 3, 4] and hooked == [2]
+
+
+def test_run_steps_calls_hooks_at_their_steps_and_stops_on_request():
+    from gumbel_jax.training.hooks import Hook
+    from gumbel_jax.training.loop import run_steps
+
+    step, calls = _toy_step()
+    seen = {"every 4, at end": [], "every 3": [], "at end": []}
+    hooks = [Hook(lambda s, state, m: seen["every 4, at end"].append((s, m["step"], state[0])),
+                  every=4, at_end=True),
+             Hook(lambda s, state, m: seen["every 3"].append(s), every=3),
+             Hook(lambda s, state, m: seen["at end"].append(s), at_end=True)]
+    run_steps(step, (0, 0.0), iter(range(100)), start=0, end=10, base_key=jax.random.key(0),
+              log_every=100, hooks=hooks)
+    # A hook sees the state and the metrics of its step; a due hook makes its step a sync.
+    assert seen == {"every 4, at end": [(4, 4, 4), (8, 8, 8), (10, 10, 10)],
+                    "every 3": [3, 6, 9], "at end": [10]}
+    seen = {name: [] for name in seen}
+    _, last = run_steps(step, (0, 0.0), iter(range(100)), start=0, end=10,
+                        base_key=jax.random.key(0), hooks=hooks, stop=lambda s: s == 7)
+    assert last["step"] == 7  # an early stop is not the end: at_end hooks do not run
+    assert seen == {"every 4, at end": [(4, 4, 4)], "every 3": [3, 6], "at end": []}
+
+
+# --- the shell: metrics.jsonl on resume, log_every, hooks inside train ---------------------
+
+
+def test_killed_run_resumes_exactly_and_logs_no_step_twice(setup, tmp_path):
+    """R23: a run killed after it logged steps past its last checkpoint (here: steps 4-5
+    logged, checkpoint 5 lost, a line cut short) resumes from step 3 to the same parameters
+    as an uninterrupted run, and metrics.jsonl holds every step once."""
+    import shutil
+
+    straight, _ = _run(setup, tmp_path / "straight", CONFIG)
+    run = tmp_path / "killed"
+    _run(setup, run, CONFIG, stop_at=5)
+    shutil.rmtree(run / "checkpoints" / "5")
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write('{"step": 6, "loss": 0.1')  # killed while writing
+    resumed, metrics = _run(setup, run, CONFIG)
+    assert metrics["step"] == 8 and params_equal(straight, resumed)
+    assert [line["step"] for line in _lines(run)] == list(range(1, 9))
+    assert _lines(run) == [{**a, "step_s": b["step_s"]} for a, b in
+                           zip(_lines(tmp_path / "straight"), _lines(run), strict=True)]
+
+
+def test_log_every_writes_the_mean_of_its_steps_and_resumes_without_repeats(setup, tmp_path):
+    every_step, _ = _run(setup, tmp_path / "one", CONFIG)
+    config = dataclasses.replace(CONFIG, log_every=3)
+    _run(setup, tmp_path / "three", config, stop_at=5)
+    resumed, _ = _run(setup, tmp_path / "three", config)
+    assert params_equal(every_step, resumed)
+    losses = [line["loss"] for line in _lines(tmp_path / "one")]
+    lines = _lines(tmp_path / "three")
+    # Syncs at 3 and at the stop at 5; after the restart at 6 and at the last step, 8.
+    assert [line["step"] for line in lines] == [3, 5, 6, 8]
+    for line, (first, last) in zip(lines, [(0, 3), (3, 5), (5, 6), (6, 8)], strict=True):
+        assert line["loss"] == pytest.approx(np.mean(losses[first:last]), rel=1e-6)
+
+
+def test_train_runs_hooks_with_its_context_and_checkpoints_after_them(setup, tmp_path,
+                                                                       monkeypatch):
+    from gumbel_jax.training import loop
+    from gumbel_jax.training.loop import RankerState
+
+    class Events:  # TensorBoard's SummaryWriter, as far as the loop uses it
+        scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(loop, "_tensorboard", lambda workdir, start: Events())
+
+    steps = lambda folder: sorted(p.name for p in folder.iterdir() if p.name.isdigit())
+
+    class Recorder:
+        every, at_end, calls = 3, True, []
+
+        def open(self, context):
+            self.context = context
+
+        def __call__(self, step, state, metrics):
+            assert isinstance(state, RankerState) and metrics["step"] == step
+            self.calls.append(steps(tmp_path / "checkpoints"))
+            self.context.log(step, {"eval/fake": step / 10})
+
+    recorder = Recorder()
+    _run(setup, tmp_path, CONFIG, hooks=[recorder])
+    assert recorder.context.workdir == tmp_path.absolute()
+    assert recorder.calls == [[], ["3"], ["3", "6"]]  # a step's hooks run before its save
+    fake = [(line["step"], line["eval/fake"]) for line in _lines(tmp_path) if "eval/fake" in line]
+    assert fake == [(3, 0.3), (6, 0.6), (8, 0.8)]
+    assert {("train/loss", 1), ("train/grad_norm", 8), ("eval/fake", 6)} <= set(Events.scalars)
+
+
+class _FakeEvaluation:
+    """A held-out "evaluation" that returns the next of a fixed sequence of values."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def __call__(self, ranker, reader):
+        return {"recall@2": self.values.pop(0), "mrr": 0.5}
+
+
+def test_best_checkpoint_is_the_best_evaluation_and_survives_resume(setup, tmp_path):
+    from gumbel_jax.training.hooks import HeldOutEval, load_best, read_best
+
+    config = dataclasses.replace(CONFIG, eval_every=2)
+    hook = lambda values: HeldOutEval(_FakeEvaluation(values), every=2, best_metric="recall@2")
+    # Evaluations at steps 2, 4 | restart | 6, 8: the best is step 4's.
+    _run(setup, tmp_path / "run", config, stop_at=4, hooks=[hook([0.3, 0.6])])
+    assert read_best(tmp_path / "run" / "best")["step"] == 4
+    _run(setup, tmp_path / "run", config, hooks=[hook([0.5, 0.6])])  # equal is not better
+    best = read_best(tmp_path / "run" / "best")
+    assert (best["step"], best["value"], best["metrics"]["mrr"]) == (4, 0.6, 0.5)
+    assert [p.name for p in (tmp_path / "run" / "best").iterdir() if p.name.isdigit()] == ["4"]
+    evaluations = [(line["step"], line["eval/recall@2"]) for line in _lines(tmp_path / "run")
+                   if "eval/recall@2" in line]
+    assert evaluations == [(2, 0.3), (4, 0.6), (6, 0.5), (8, 0.6)]
+    # The saved parameters are step 4's.
+    at_four, _ = _run(setup, tmp_path / "four", config, stop_at=4)
+    _, _, reader_cfg, ranker_cfg = setup
+    ranker = RankT5.random(ranker_cfg, seed=7, score_token_id=5)
+    assert load_best(tmp_path / "run", ranker)["step"] == 4
+    assert params_equal(nnx.state(ranker), at_four)
+
+
+def test_best_checkpoint_lower_is_better_for_losses_and_nan_never_wins(tmp_path):
+    from gumbel_jax.training.hooks import BestCheckpoint, read_best
+
+    params = {"w": np.zeros(3, np.float32)}
+    best = BestCheckpoint(tmp_path / "best", "eval_loss")
+    saved = [best.offer(step, {"w": np.full(3, step, np.float32)}, {"eval_loss": value})
+             for step, value in [(1, 3.0), (2, 2.0), (3, float("nan")), (4, 2.5)]]
+    best.close()
+    assert saved == [True, True, False, False]
+    assert read_best(tmp_path / "best")["step"] == 2
+    # Another metric later: the saved best is not comparable and is replaced.
+    best = BestCheckpoint(tmp_path / "best", "recall@2")
+    assert best.value is None and best.offer(5, params, {"recall@2": 0.1})
+    best.close()
+    assert read_best(tmp_path / "best")["step"] == 5
+
+
+def test_held_out_eval_hook_evaluates_the_current_reranker(setup, tmp_path):
+    """One real held-out evaluation: the line at the last step is what evaluate() gives for
+    the trained reranker, and the best checkpoint holds the better of the two evaluations."""
+    from gumbel_jax.training.evaluation import evaluate
+    from gumbel_jax.training.hooks import held_out_eval_hook, read_best
+
+    records, featurize, reader_cfg, ranker_cfg = setup
+    config = dataclasses.replace(CONFIG, num_steps=4, eval_every=2, eval_answers=True,
+                                 best_metric="recall@2")
+    validate(config, num_candidates=6)
+    hook = held_out_eval_hook(records[:6], featurize, k=2, batch_size=4, every=2,
+                              best_metric="recall@2", tokenizer=featurize.reader_tokenizer,
+                              max_answer_length=3)
+    trained, _ = _run(setup, tmp_path, config, hooks=[hook])
+    evaluations = {line["step"]: line for line in _lines(tmp_path) if "eval/mrr" in line}
+    assert sorted(evaluations) == [2, 4]
+    ranker = RankT5.random(ranker_cfg, seed=1, score_token_id=5)
+    nnx.update(ranker, trained)
+    expected = evaluate(ranker, FiDReader.random(reader_cfg, seed=0), records[:6], featurize,
+                        k=2, batch_size=4, tokenizer=featurize.reader_tokenizer,
+                        max_answer_length=3)["metrics"]
+    assert {name: evaluations[4][f"eval/{name}"] for name in expected} == pytest.approx(
+        expected, nan_ok=True)
+    assert set(config.eval_metric_names()) | {"num_questions"} == set(expected)
+    best = read_best(tmp_path / "best")
+    values = {step: line["eval/recall@2"] for step, line in evaluations.items()}
+    assert best["value"] == max(values.values())
+    assert best["step"] == min(s for s, v in values.items() if v == best["value"])
+
+
+def test_eval_and_log_settings_are_validated():
+    base = apply_overrides(TrainConfig(), ["objective.k=2"])
+    validate(apply_overrides(base, ["eval_every=5", "best_metric=recall@2"]), num_candidates=6)
+    validate(apply_overrides(base, ["eval_every=5", "eval_answers=True", "best_metric=em"]),
+             num_candidates=6)
+    with pytest.raises(ValueError, match="log_every=0 must be >= 1"):
+        validate(apply_overrides(base, ["log_every=0"]), num_candidates=6)
+    with pytest.raises(ValueError, match="best_metric='recall@2' needs eval_every > 0"):
+        validate(apply_overrides(base, ["best_metric=recall@2"]), num_candidates=6)
+    with pytest.raises(ValueError, match=r"best_metric='recall@5' is not a held-out metric; "
+                                         r"expected one of \('recall@2'"):
+        validate(apply_overrides(base, ["eval_every=5", "best_metric=recall@5"]),
+                 num_candidates=6)
+    with pytest.raises(ValueError, match="em / f1 need eval_answers=True"):
+        validate(apply_overrides(base, ["eval_every=5", "best_metric=em"]), num_candidates=6)
