@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import pathlib
@@ -34,7 +35,6 @@ class PairScorer:
     (``data.inputs``) and scores fixed-size batches of pairs with one compiled function."""
 
     def __init__(self, loaded, *, max_length: int, batch_size: int, mesh=None):
-        import jax
         from flax import nnx
 
         from gumbel_jax import sharding
@@ -46,7 +46,7 @@ class PairScorer:
             sharding.check_batch_size(batch_size, mesh)
             state = sharding.shard_parameters(state, mesh)
         self.state = state
-        self._score = jax.jit(lambda state, batch: nnx.merge(graph, state)(**batch))
+        self._score = _scoring_function(graph)
 
     def tokenize(self, record) -> dict[str, np.ndarray]:
         """``{input name: [passages, max_length]}`` for one record."""
@@ -69,6 +69,32 @@ class PairScorer:
 
             batch = shard_batch(batch, self.mesh)
         return self._score(self.state, batch)
+
+
+@functools.lru_cache(maxsize=8)
+def _scoring_function(graph):
+    """One jitted scorer per architecture, so scoring several files (or the tests' runs)
+    with one model compiles once."""
+    import jax
+    from flax import nnx
+
+    return jax.jit(lambda state, batch: nnx.merge(graph, state)(**batch))
+
+
+@functools.lru_cache(maxsize=8)
+def _answering_function(graph, answer_length: int):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from gumbel_jax import ops
+
+    def answer(state, ids, mask, valid):
+        reader = nnx.merge(graph, state)
+        log_mask = ops.mask_to_log_mask(valid.astype(jnp.float32))
+        return reader.generate(reader.encode(ids, mask), log_mask, max_length=answer_length)
+
+    return jax.jit(answer)
 
 
 def score_records(records: Iterable, scorer: PairScorer) -> Iterator[tuple[object, np.ndarray]]:
@@ -129,22 +155,12 @@ class ReaderAnswerer:
 
     def __init__(self, loaded, *, k: int, max_length: int, answer_length: int,
                  group_size: int):
-        import jax
-        import jax.numpy as jnp
         from flax import nnx
-
-        from gumbel_jax import ops
 
         self.tokenizer, self.k, self.max_length = loaded.tokenizer, k, max_length
         self.group_size = group_size
         graph, self.state = nnx.split(loaded.model)
-
-        def answer(state, ids, mask, valid):
-            reader = nnx.merge(graph, state)
-            log_mask = ops.mask_to_log_mask(valid.astype(jnp.float32))
-            return reader.generate(reader.encode(ids, mask), log_mask, max_length=answer_length)
-
-        self._answer = jax.jit(answer)
+        self._answer = _answering_function(graph, answer_length)
 
     def __call__(self, group: list) -> list[str]:
         """``[(record, scores)]`` (at most ``group_size``) -> answers."""
