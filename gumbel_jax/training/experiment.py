@@ -12,7 +12,6 @@ import json
 import pathlib
 
 import jax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -23,7 +22,8 @@ from gumbel_jax.data.tokenizer import word_level_tokenizer
 from gumbel_jax.training.config import DataConfig, ExperimentConfig, from_dict, validate
 from gumbel_jax.training.evaluation import evaluate, write_evaluation
 from gumbel_jax.training.factory import build_models, validate_model
-from gumbel_jax.training.loop import train
+from gumbel_jax.training.hooks import held_out_eval_hook
+from gumbel_jax.training.loop import RankerState, checkpoint_manager, restore_latest, train
 from gumbel_jax.training.step import make_optimizer
 
 
@@ -95,6 +95,19 @@ def _evaluate_held_out(config: ExperimentConfig, ranker, reader, eval_records, f
                     max_answer_length=config.data.answer_length)
 
 
+def _hooks(config: ExperimentConfig, eval_records, featurize) -> list:
+    """Periodic held-out evaluation (and best-checkpoint keeping) when the config asks."""
+    train_config = config.train
+    if not train_config.eval_every:
+        return []
+    return [held_out_eval_hook(
+        eval_records, featurize, k=train_config.objective.k,
+        batch_size=config.data.batch_size, every=train_config.eval_every,
+        best_metric=train_config.best_metric,
+        tokenizer=featurize.reader_tokenizer if train_config.eval_answers else None,
+        max_answer_length=config.data.answer_length)]
+
+
 def run_training(config: ExperimentConfig, workdir, *, mesh=None) -> dict:
     """Train, then evaluate on the held-out questions (and mine training questions)."""
     workdir = pathlib.Path(workdir)
@@ -111,7 +124,7 @@ def run_training(config: ExperimentConfig, workdir, *, mesh=None) -> dict:
     dataset = make_dataset(train_source, featurize, seed=config.train.seed,
                            batch_size=config.data.batch_size // processes)
     metrics = train(config.train, ranker=ranker, reader=reader, dataset=dataset,
-                    workdir=workdir, mesh=mesh)
+                    workdir=workdir, mesh=mesh, hooks=_hooks(config, eval_records, featurize))
     if processes > 1:
         # Multi-host: every process evaluates on its own devices from a full copy of the
         # trained parameters; the first one writes the files.
@@ -142,16 +155,14 @@ def run_evaluation(workdir) -> dict:
         raise FileNotFoundError(f"{workdir}: no experiment.json (not a training run folder)")
     config = from_dict(ExperimentConfig, json.loads(saved.read_text()))
     reader, ranker, _, eval_records, featurize = build(config)
-    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data",
-                                                                         "config"))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate")
     _, params = nnx.split(ranker)
     opt_state = make_optimizer(config.train.optimizer, config.train.num_steps).init(params)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore({"params": params, "opt_state": opt_state})))
-    nnx.update(ranker, restored["state"]["params"])
+    manager = checkpoint_manager(workdir)
+    step, state = restore_latest(manager, RankerState(params, opt_state))
+    manager.close()
+    if not step:
+        raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate")
+    nnx.update(ranker, state.params)
     results = _evaluate_held_out(config, ranker, reader, eval_records, featurize)
     write_evaluation(workdir, results)
     return {"step": step, **results["metrics"]}

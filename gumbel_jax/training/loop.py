@@ -48,11 +48,29 @@ def _sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.max_to_keep, create=True,
+def checkpoint_manager(workdir: pathlib.Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    """The run's orbax manager: ``workdir/checkpoints``, items (state, data, config)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(workdir / "checkpoints", options=options,
-                                 item_names=("state", "data", "config"))
+    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
+                                 options=options, item_names=("state", "data", "config"))
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: RankerState, iterator=None
+                   ) -> tuple[int, RankerState]:
+    """``(step, state)`` of the latest complete checkpoint (a half-written one is ignored by
+    orbax), restored onto ``state``'s structure; ``(0, state)`` when there is none. With an
+    ``iterator`` (grain) its position is restored too, for exact resume."""
+    step = manager.latest_step() or 0
+    if not step:
+        return 0, state
+    items = {"state": ocp.args.StandardRestore(state._asdict())}
+    if iterator is not None:
+        items["data"] = ocp.args.JsonRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    if iterator is not None:
+        iterator.set_state(restored["data"])
+    return step, RankerState(**restored["state"])
 
 
 class RankerState(NamedTuple):
@@ -155,14 +173,8 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     tx, train_step = _optimizer_and_step(ranker_graph, reader_graph, config.optimizer,
                                          config.num_steps, config.objective)
     iterator = iter(dataset)
-    manager = _manager(workdir, config)
-    start = manager.latest_step() or 0
-    state = RankerState(params, tx.init(params))
-    if start:
-        restored = manager.restore(start, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(state._asdict()), data=ocp.args.JsonRestore()))
-        state = RankerState(**restored["state"])
-        iterator.set_state(restored["data"])
+    manager = checkpoint_manager(workdir, config.max_to_keep)
+    start, state = restore_latest(manager, RankerState(params, tx.init(params)), iterator)
     if mesh is not None:  # shardings from the fresh parameters, which carry the axis names
         state = _place_on_mesh(state, params, tx, mesh)
         reader_state = sharding.shard_parameters(reader_state, mesh)

@@ -29,8 +29,9 @@ def test_train_then_evaluate_cli(tmp_path, capsys, monkeypatch):
     # CLI resolves them).
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "runs" / "run"
+    periodic = ["train.eval_every=2", "train.best_metric=recall@5"]
     assert train_cli.main(["--config", config, "--workdir", "runs/run",
-                           *sum((["--set", s] for s in SMALL), [])]) == 0
+                           *sum((["--set", s] for s in SMALL + periodic), [])]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["step"] == 4 and "indirect_recall@5" in printed
     for name in ("metrics.jsonl", "eval.json", "eval.md", "eval_predictions.jsonl",
@@ -38,6 +39,11 @@ def test_train_then_evaluate_cli(tmp_path, capsys, monkeypatch):
         assert (workdir / name).is_file()
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["2", "4"]
+    # The held-out evaluation every 2 steps (config -> hook), and the best checkpoint kept.
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "eval/recall@5" in line] == [2, 4]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
+    assert (workdir / "best").is_dir()
     assert evaluate_cli.main(["--workdir", "runs/run"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["step"] == 4
