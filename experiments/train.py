@@ -1,7 +1,9 @@
 """Train a reranker: ``python -m experiments.train --config FILE --workdir DIR [--set k=v]``.
 
 Resumes automatically from DIR; evaluates at the end (DIR/eval.json, eval.md,
-eval_predictions.jsonl); metrics per step in DIR/metrics.jsonl.
+eval_predictions.jsonl); metrics every ``train.log_every`` steps, and held-out evaluations
+every ``train.eval_every`` steps, in DIR/metrics.jsonl (cut back to the restored step on
+resume); ``train.best_metric`` keeps the best checkpoint in DIR/best.
 """
 
 from __future__ import annotations
