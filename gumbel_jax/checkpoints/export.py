@@ -448,12 +448,12 @@ def restore_run(workdir: str | os.PathLike, *, checkpoint: str = "latest") -> Re
     (or, ``checkpoint="best"``, its best) reranker parameters; the reader is rebuilt from its
     source, as training does (readers are not checkpointed).
 
-    This repeats ``training.experiment.run_evaluation``'s restore; the two can share it.
+    The config check and rebuild repeat ``training.experiment.run_evaluation``'s first
+    lines; the restore itself is the trainer's (``loop.restore_latest``).
     """
-    import orbax.checkpoint as ocp
-
     from gumbel_jax.training.config import ExperimentConfig, from_dict
     from gumbel_jax.training.experiment import build
+    from gumbel_jax.training.loop import RankerState, checkpoint_manager, restore_latest
     from gumbel_jax.training.step import make_optimizer
 
     workdir = pathlib.Path(workdir).expanduser().absolute()  # orbax needs an absolute path
@@ -469,20 +469,16 @@ def restore_run(workdir: str | os.PathLike, *, checkpoint: str = "latest") -> Re
 
         step = int(load_best(workdir, ranker)["step"])
     else:
-        manager = ocp.CheckpointManager(workdir / "checkpoints",
-                                        item_names=("state", "data", "config"))
+        _, params = nnx.split(ranker)
+        opt_state = make_optimizer(config.train.optimizer, config.train.num_steps).init(params)
+        manager = checkpoint_manager(workdir)
         try:
-            step = manager.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"{workdir}: no checkpoint to export")
-            _, params = nnx.split(ranker)
-            opt_state = make_optimizer(config.train.optimizer,
-                                       config.train.num_steps).init(params)
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore({"params": params, "opt_state": opt_state})))
+            step, state = restore_latest(manager, RankerState(params, opt_state))
         finally:
             manager.close()
-        nnx.update(ranker, restored["state"]["params"])
+        if not step:
+            raise FileNotFoundError(f"{workdir}: no checkpoint to export")
+        nnx.update(ranker, state.params)
     evaluation_file = workdir / "eval.json"
     evaluation = (json.loads(evaluation_file.read_text()) if evaluation_file.is_file()
                   else None)

@@ -270,7 +270,8 @@ def test_export_a_training_run_from_the_command_line(tmp_path, capsys):
 
     config = str([p for p in CONFIGS if p.name == "synthetic_g_rerank.py"][0])
     workdir = tmp_path / "run"
-    small = [*SMALL, "train.num_steps=2", "model.reranker_kind=cross_encoder"]
+    small = [*SMALL, "train.num_steps=2", "model.reranker_kind=cross_encoder",
+             "train.eval_every=2", "train.best_metric=recall@5"]
     assert train_cli.main(["--config", config, "--workdir", str(workdir),
                            *sum((["--set", s] for s in small), [])]) == 0
     capsys.readouterr()
@@ -288,6 +289,10 @@ def test_export_a_training_run_from_the_command_line(tmp_path, capsys):
     run = restore_run(workdir)
     assert_bit_equal(load_exported_reranker(out).model, run.ranker)
     assert_bit_equal(load_exported_reader(reader_out).model, run.reader)
+    assert export_cli.main(["--workdir", str(workdir), "--out", str(tmp_path / "best"),
+                            "--checkpoint", "best"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2  # the one held-out evaluation
+    assert_bit_equal(load_exported_reranker(tmp_path / "best").model, run.ranker)
     assert export_cli.main(["--workdir", str(workdir), "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert export_cli.main(["--workdir", str(tmp_path / "none"), "--out", str(out)]) == 2
