@@ -29,8 +29,9 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing folders (only once the new export is complete)")
     args = p.parse_args(argv)
-    from gumbel_jax.checkpoints import CheckpointError, export_run
+    from gumbel_jax.checkpoints import CheckpointError
     from gumbel_jax.data.validation import DataError
+    from gumbel_jax.training.export import export_run
 
     try:
         summary = export_run(args.workdir, args.out, reader_out=args.reader_out,

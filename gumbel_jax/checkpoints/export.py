@@ -4,7 +4,7 @@ FlagEmbedding's ``FlagReranker`` load with the same scores; and reading such a f
 
 The tensor names are the import's (``t5_param_specs``, ``cross_encoder_specs``) run
 backwards, so import and export cannot drift apart. A training run's folder is exported by
-:func:`export_run` (``python -m experiments.export``).
+``gumbel_jax.training.export.export_run`` (``python -m experiments.export``).
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def bert_config_to_hf(config: BertConfig) -> dict:
 
 # ------------------------------------------------------------------ folders
 
-def _kind(model) -> str:
+def model_kind(model) -> str:
+    """"rankt5", "cross_encoder" or "fid_reader": the folder layout a model exports to."""
     if isinstance(model, RankT5):
         return "rankt5"
     if isinstance(model, CrossEncoder):
@@ -228,7 +229,7 @@ def export_model(model, out_dir: str | os.PathLike, *, tokenizer, card: Mapping 
     Returns:
       the folder.
     """
-    kind = _kind(model)
+    kind = model_kind(model)
     unknown = set(card or {}) - _CARD_KEYS
     if unknown:
         raise ExportError(f"unknown model card keys {sorted(unknown)}; known: "
@@ -260,7 +261,7 @@ def export_reranker(ranker, out_dir, *, tokenizer, card: Mapping | None = None,
     """A RankT5 as a ``T5ForConditionalGeneration`` folder (score: the first decoder step's
     logit of the score token), a cross-encoder as a one-label
     ``*ForSequenceClassification`` folder. See :func:`export_model`."""
-    if _kind(ranker) == "fid_reader":
+    if model_kind(ranker) == "fid_reader":
         raise ExportError("export_reranker got a FiDReader; use export_reader")
     return export_model(ranker, out_dir, tokenizer=tokenizer, card=card,
                         max_length=max_length, overwrite=overwrite)
@@ -271,7 +272,7 @@ def export_reader(reader: FiDReader, out_dir, *, tokenizer, card: Mapping | None
                   overwrite: bool = False) -> pathlib.Path:
     """A FiD reader as a ``T5ForConditionalGeneration`` folder (FiD reads each passage
     encoded alone, the encodings concatenated). See :func:`export_model`."""
-    if _kind(reader) != "fid_reader":
+    if model_kind(reader) != "fid_reader":
         raise ExportError(f"export_reader got a {type(reader).__name__}; use export_reranker")
     return export_model(reader, out_dir, tokenizer=tokenizer, card=card,
                         max_length=max_length, answer_length=answer_length,
@@ -428,113 +429,3 @@ def load_exported_reader(name_or_path: str | os.PathLike, **config_overrides) ->
                               f"kind {meta.get('kind')!r})")
     reader = load_fid_reader(model_dir, **config_overrides)
     return LoadedModel(reader, _tokenizer(model_dir), "fid_reader", meta, model_dir)
-
-
-# ------------------------------------------------------------------ training runs
-
-@dataclasses.dataclass
-class RestoredRun:
-    config: Any  # ExperimentConfig
-    ranker: Any
-    reader: Any
-    ranker_tokenizer: Any
-    reader_tokenizer: Any
-    step: int
-    evaluation: dict | None  # eval.json of the run, if it finished
-
-
-def restore_run(workdir: str | os.PathLike, *, checkpoint: str = "latest") -> RestoredRun:
-    """Rebuild a training run's models (``training.experiment.build``) and load its latest
-    (or, ``checkpoint="best"``, its best) reranker parameters; the reader is rebuilt from its
-    source, as training does (readers are not checkpointed).
-
-    The config check and rebuild repeat ``training.experiment.run_evaluation``'s first
-    lines; the restore itself is the trainer's (``loop.restore_latest``).
-    """
-    from gumbel_jax.training.config import ExperimentConfig, from_dict
-    from gumbel_jax.training.experiment import build
-    from gumbel_jax.training.loop import RankerState, checkpoint_manager, restore_latest
-    from gumbel_jax.training.step import make_optimizer
-
-    workdir = pathlib.Path(workdir).expanduser().absolute()  # orbax needs an absolute path
-    saved = workdir / "experiment.json"
-    if not saved.is_file():
-        raise FileNotFoundError(f"{workdir}: no experiment.json (not a training run folder)")
-    if checkpoint not in ("latest", "best"):
-        raise ValueError(f"checkpoint={checkpoint!r}: expected 'latest' or 'best'")
-    config = from_dict(ExperimentConfig, json.loads(saved.read_text()))
-    reader, ranker, _, _, featurize = build(config)
-    if checkpoint == "best":
-        from gumbel_jax.training.hooks import load_best
-
-        step = int(load_best(workdir, ranker)["step"])
-    else:
-        _, params = nnx.split(ranker)
-        opt_state = make_optimizer(config.train.optimizer, config.train.num_steps).init(params)
-        manager = checkpoint_manager(workdir)
-        try:
-            step, state = restore_latest(manager, RankerState(params, opt_state))
-        finally:
-            manager.close()
-        if not step:
-            raise FileNotFoundError(f"{workdir}: no checkpoint to export")
-        nnx.update(ranker, state.params)
-    evaluation_file = workdir / "eval.json"
-    evaluation = (json.loads(evaluation_file.read_text()) if evaluation_file.is_file()
-                  else None)
-    return RestoredRun(config, ranker, reader, featurize.ranker_tokenizer,
-                       featurize.reader_tokenizer, int(step), evaluation)
-
-
-def run_card(run: RestoredRun, *, role: str = "reranker") -> dict:
-    """The model card entries of a restored run: base checkpoint, objective and settings,
-    data, and the run's held-out evaluation table."""
-    config = run.config
-    model, data, train = config.model, config.data, config.train
-    source = getattr(model, role)
-    init = getattr(model, f"{role}_init")
-    if source == "tiny":
-        base = "none: a tiny randomly initialised model (tests and the synthetic demo)"
-    elif init == "random":
-        base = f"random initialisation of {getattr(model, f'{role}_architecture')}"
-    else:
-        base = source
-    card = {"name": f"{config.name} ({role})", "base_model": base,
-            "data": {"source": data.source, "train split": data.train_split,
-                     "eval split": data.eval_split, "candidates per question":
-                     data.num_candidates, "reranker tokens": data.ranker_length,
-                     "reader tokens": data.reader_length}}
-    if role == "reranker":
-        card["objective"] = dataclasses.asdict(train.objective)
-        card["training"] = {"steps (exported checkpoint)": run.step,
-                            "steps (configured)": train.num_steps,
-                            "seed": train.seed, "batch size": data.batch_size,
-                            **{f"optimizer.{k}": v for k, v in
-                               dataclasses.asdict(train.optimizer).items()},
-                            "compute dtype": model.dtype}
-        card["evaluation"] = (run.evaluation if run.evaluation else
-                              "not evaluated (the run has no eval.json)")
-    else:
-        card["notes"] = ("The frozen reader the reranker was trained through, with the "
-                         f"weights the run held (compute dtype {model.dtype}: a bfloat16 run "
-                         "keeps its reader's weight matrices in bfloat16).")
-    return card
-
-
-def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *,
-               reader_out: str | os.PathLike | None = None, checkpoint: str = "latest",
-               overwrite: bool = False) -> dict:
-    """Export a training run's reranker (and, with ``reader_out``, its frozen reader) as
-    Hugging Face folders with model cards. Returns a summary (paths, kind, step)."""
-    run = restore_run(workdir, checkpoint=checkpoint)
-    data = run.config.data
-    out = export_reranker(run.ranker, out_dir, tokenizer=run.ranker_tokenizer,
-                          card=run_card(run), max_length=data.ranker_length,
-                          overwrite=overwrite)
-    summary = {"reranker": str(out), "kind": _kind(run.ranker), "step": run.step}
-    if reader_out is not None:
-        summary["reader"] = str(export_reader(
-            run.reader, reader_out, tokenizer=run.reader_tokenizer,
-            card=run_card(run, role="reader"), max_length=data.reader_length,
-            answer_length=data.answer_length, overwrite=overwrite))
-    return summary

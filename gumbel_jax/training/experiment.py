@@ -22,7 +22,7 @@ from gumbel_jax.data.tokenizer import word_level_tokenizer
 from gumbel_jax.training.config import DataConfig, ExperimentConfig, from_dict, validate
 from gumbel_jax.training.evaluation import evaluate, write_evaluation
 from gumbel_jax.training.factory import build_models, validate_model
-from gumbel_jax.training.hooks import held_out_eval_hook
+from gumbel_jax.training.hooks import held_out_eval_hook, load_best
 from gumbel_jax.training.loop import RankerState, checkpoint_manager, restore_latest, train
 from gumbel_jax.training.step import make_optimizer
 
@@ -147,23 +147,62 @@ def run_training(config: ExperimentConfig, workdir, *, mesh=None) -> dict:
     return metrics
 
 
-def run_evaluation(workdir) -> dict:
-    """Rebuild the experiment saved in ``workdir``, restore its latest reranker, evaluate."""
+@dataclasses.dataclass
+class RestoredRun:
+    """A training run rebuilt from its folder, its reranker parameters restored."""
+
+    config: ExperimentConfig
+    reader: object
+    ranker: object
+    eval_records: list
+    featurize: Featurizer
+    step: int
+    evaluation: dict | None  # the run's eval.json, if it finished
+
+    @property
+    def ranker_tokenizer(self):
+        return self.featurize.ranker_tokenizer
+
+    @property
+    def reader_tokenizer(self):
+        return self.featurize.reader_tokenizer
+
+
+def restore_run(workdir, *, checkpoint: str = "latest") -> RestoredRun:
+    """Rebuild the experiment saved in ``workdir`` and restore its latest (or, with
+    ``checkpoint="best"``, its best: ``train.best_metric``) reranker parameters. The reader is
+    rebuilt from its source, as training does (a frozen reader is not checkpointed)."""
     workdir = pathlib.Path(workdir).absolute()  # orbax needs an absolute path
     saved = workdir / "experiment.json"
     if not saved.is_file():
         raise FileNotFoundError(f"{workdir}: no experiment.json (not a training run folder)")
+    if checkpoint not in ("latest", "best"):
+        raise ValueError(f"checkpoint={checkpoint!r}: expected 'latest' or 'best'")
     config = from_dict(ExperimentConfig, json.loads(saved.read_text()))
     reader, ranker, _, eval_records, featurize = build(config)
-    _, params = nnx.split(ranker)
-    opt_state = make_optimizer(config.train.optimizer, config.train.num_steps).init(params)
-    manager = checkpoint_manager(workdir)
-    step, state = restore_latest(manager, RankerState(params, opt_state))
-    manager.close()
-    if not step:
-        raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate")
-    nnx.update(ranker, state.params)
-    results = _evaluate_held_out(config, ranker, reader, eval_records, featurize)
-    write_evaluation(workdir, results)
-    return {"step": step, **results["metrics"]}
+    if checkpoint == "best":
+        step = int(load_best(workdir, ranker)["step"])
+    else:
+        _, params = nnx.split(ranker)
+        opt_state = make_optimizer(config.train.optimizer, config.train.num_steps).init(params)
+        manager = checkpoint_manager(workdir)
+        try:
+            step, state = restore_latest(manager, RankerState(params, opt_state))
+        finally:
+            manager.close()
+        if not step:
+            raise FileNotFoundError(f"{workdir}: no checkpoint to restore")
+        nnx.update(ranker, state.params)
+    evaluation_file = workdir / "eval.json"
+    evaluation = (json.loads(evaluation_file.read_text()) if evaluation_file.is_file()
+                  else None)
+    return RestoredRun(config, reader, ranker, eval_records, featurize, int(step), evaluation)
 
+
+def run_evaluation(workdir) -> dict:
+    """Rebuild the experiment saved in ``workdir``, restore its latest reranker, evaluate."""
+    run = restore_run(workdir)
+    results = _evaluate_held_out(run.config, run.ranker, run.reader, run.eval_records,
+                                 run.featurize)
+    write_evaluation(pathlib.Path(workdir).absolute(), results)
+    return {"step": run.step, **results["metrics"]}

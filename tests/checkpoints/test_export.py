@@ -284,7 +284,7 @@ def test_export_a_training_run_from_the_command_line(tmp_path, capsys):
     evaluation = json.loads((workdir / "eval.json").read_text())
     assert "g_rerank" in card and "| tau | 0.5000 |" in card and "synthetic" in card
     assert f"| recall@5 | {evaluation['recall@5']:.4f} |" in card
-    from gumbel_jax.checkpoints.export import restore_run
+    from gumbel_jax.training.experiment import restore_run
 
     run = restore_run(workdir)
     assert_bit_equal(load_exported_reranker(out).model, run.ranker)
