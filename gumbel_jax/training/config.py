@@ -131,6 +131,9 @@ class ModelConfig:
     # "xla" or "cudnn" (GPU; its bias gradient is verified in the tests).
     attention: AttentionKernel = ""
     remat: bool = False  # rematerialise the reranker's layers (batch for memory)
+    # The reader's beam width when it answers in evaluation: 1 is greedy (FiD evaluates
+    # greedily); more runs beam search (Hugging Face's, early stopping, length penalty 1).
+    num_beams: int = 1
     # Compute dtype (bfloat16 on accelerators). The trained reranker keeps float32
     # parameters; the frozen reader's weight matrices are stored in this dtype.
     dtype: ComputeDtype = "float32"

@@ -19,7 +19,8 @@ from gumbel_jax.data.pipeline import stack_examples
 
 
 @functools.lru_cache(maxsize=16)
-def _scorer(ranker_graph, reader_graph, k: int, max_answer_length: int, generate: bool):
+def _scorer(ranker_graph, reader_graph, k: int, max_answer_length: int, generate: bool,
+            num_beams: int = 1):
     """One jitted scoring (and answering) function per architecture and setting, shared by
     every ``evaluate`` call, so evaluating many runs of one model compiles once."""
 
@@ -34,23 +35,25 @@ def _scorer(ranker_graph, reader_graph, k: int, max_answer_length: int, generate
         hard = ops.topk_mask(scores, k, where=batch.doc_valid)
         reader = nnx.merge(reader_graph, reader_state)
         answer = reader.generate(reader.encode(batch.reader_ids, batch.reader_mask),
-                                 ops.mask_to_log_mask(hard), max_length=max_answer_length)
+                                 ops.mask_to_log_mask(hard), max_length=max_answer_length,
+                                 num_beams=num_beams)
         return scores, answer
 
     return scores_and_answers
 
 
 def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32,
-             tokenizer=None, max_answer_length: int = 16) -> dict:
+             tokenizer=None, max_answer_length: int = 16, num_beams: int = 1) -> dict:
     """Metrics and predictions over ``records`` (a list of ``Record``s).
 
     With a ``tokenizer`` (the reader's) the reader generates an answer from the reranker's
-    hard top-k and EM / F1 are reported; without one, ranking metrics only.
+    hard top-k (greedy, as FiD evaluates, or beam search with ``num_beams`` > 1) and EM / F1
+    are reported; without one, ranking metrics only.
     """
     ranker_graph, ranker_params = nnx.split(ranker)
     reader_graph, reader_state = nnx.split(reader)
     scores_and_answers = _scorer(ranker_graph, reader_graph, k, max_answer_length,
-                                 tokenizer is not None)
+                                 tokenizer is not None, num_beams)
 
     per_question, predictions = [], []
     for start in range(0, len(records), batch_size):

@@ -92,7 +92,8 @@ def _evaluate_held_out(config: ExperimentConfig, ranker, reader, eval_records, f
     """Rank the held-out questions and let the reader answer from the top k."""
     return evaluate(ranker, reader, eval_records, featurize, k=config.train.objective.k,
                     batch_size=config.data.batch_size, tokenizer=featurize.reader_tokenizer,
-                    max_answer_length=config.data.answer_length)
+                    max_answer_length=config.data.answer_length,
+                    num_beams=config.model.num_beams)
 
 
 def _hooks(config: ExperimentConfig, eval_records, featurize) -> list:
@@ -105,7 +106,7 @@ def _hooks(config: ExperimentConfig, eval_records, featurize) -> list:
         batch_size=config.data.batch_size, every=train_config.eval_every,
         best_metric=train_config.best_metric,
         tokenizer=featurize.reader_tokenizer if train_config.eval_answers else None,
-        max_answer_length=config.data.answer_length)]
+        max_answer_length=config.data.answer_length, num_beams=config.model.num_beams)]
 
 
 def run_training(config: ExperimentConfig, workdir, *, mesh=None) -> dict:

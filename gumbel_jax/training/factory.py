@@ -145,6 +145,8 @@ def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: in
 def validate_model(config: ModelConfig) -> None:
     """Model settings that cannot work, named."""
     check_choices(config, "model.")
+    if config.num_beams < 1:
+        raise ValueError(f"model.num_beams={config.num_beams} must be >= 1 (1: greedy)")
     if (config.reader == "tiny") != (config.reranker == "tiny"):
         raise ValueError("model.reader and model.reranker must both be 'tiny' or both "
                          "checkpoints (tiny models share a word-level tokenizer)")

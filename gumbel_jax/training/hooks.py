@@ -178,7 +178,7 @@ class HeldOutEval:
 
 def held_out_eval_hook(records, featurize, *, k: int, batch_size: int, every: int,
                        best_metric: str = "", tokenizer=None,
-                       max_answer_length: int = 16) -> HeldOutEval:
+                       max_answer_length: int = 16, num_beams: int = 1) -> HeldOutEval:
     """Evaluate on held-out ``records`` every ``every`` steps (``training.evaluation.evaluate``:
     ranking metrics; EM / F1 too when the reader's ``tokenizer`` is given) and keep the best
     reranker by ``best_metric`` ("": keep none)."""
@@ -186,6 +186,7 @@ def held_out_eval_hook(records, featurize, *, k: int, batch_size: int, every: in
 
     def evaluate_fn(ranker, reader):
         return evaluate(ranker, reader, records, featurize, k=k, batch_size=batch_size,
-                        tokenizer=tokenizer, max_answer_length=max_answer_length)["metrics"]
+                        tokenizer=tokenizer, max_answer_length=max_answer_length,
+                        num_beams=num_beams)["metrics"]
 
     return HeldOutEval(evaluate_fn, every=every, best_metric=best_metric)

@@ -48,6 +48,17 @@ def test_train_then_evaluate_cli(tmp_path, capsys, monkeypatch):
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["step"] == 4
     assert evaluated["recall@5"] == pytest.approx(printed["recall@5"])
+    # Beam search is a config value: the run's answers come from generate(num_beams=3).
+    from gumbel_jax.training.evaluation import evaluate
+    from gumbel_jax.training.experiment import restore_run
+
+    run = restore_run("runs/run")
+    beams = evaluate(run.ranker, run.reader, run.eval_records, run.featurize, k=5,
+                     batch_size=4, tokenizer=run.reader_tokenizer, max_answer_length=4,
+                     num_beams=3)
+    assert beams["metrics"]["num_questions"] == 8 and "em" in beams["metrics"]
+    with pytest.raises(ValueError, match="num_beams"):
+        build(load_config(config, [*SMALL, "model.num_beams=0"]))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
