@@ -1,14 +1,37 @@
-"""Shared test set-up: strict numerics, the GPU marker, float64 for gradient checks."""
+"""Shared test set-up: 8 host devices, a per-run compilation cache, strict numerics, the GPU
+marker, float64 for gradient checks."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 # Tests that need several devices create them on the host; set before jax is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Appended, not setdefault: a user's own XLA_FLAGS must not silently skip the 8-device tests.
+_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}=8".strip()
+
+# JAX's persistent compilation cache, in a fresh folder per run: programs compiled again by
+# another jit wrapper (resumed runs, the grid's cells, the CLI's subprocesses, which inherit
+# these variables) are read back instead of recompiled. Fresh per run, so a test never
+# depends on an earlier run's cache. Set as variables so subprocesses share it.
+_CACHE_DIR = tempfile.mkdtemp(prefix="gumbel-jax-test-xla-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 def _has_gpu() -> bool:

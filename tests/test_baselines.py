@@ -82,11 +82,18 @@ def test_loop_and_adist_match_numpy(case):
     s, real = np.asarray(scores, np.float64), np.asarray(doc_valid)
     loop = objectives.loop_loss(scores, losses, doc_valid, theta=0.5, temperature=0.2)
     np.testing.assert_allclose(loop, _np_kl(np.asarray(losses) / 0.2, s, real, 0.5), rtol=1e-4)
-    mass = reader.document_attention(memory, answers, answer_mask)
-    adist = objectives.adist_loss(scores, mass, doc_valid, theta=0.5)
-    log_mass = np.log(np.maximum(np.asarray(mass), 1e-30))  # padded passages: excluded
-    np.testing.assert_allclose(adist, _np_kl(log_mass, s, real, 0.5),
-                               rtol=1e-4)
+    mass = np.asarray(reader.document_attention(memory, answers, answer_mask), np.float64)
+    np.testing.assert_allclose(mass.sum(-1), 1.0, rtol=1e-5)
+    assert (mass[~real] < 1e-20).all()  # a padded passage draws no attention
+    adist = objectives.adist_loss(scores, jnp.asarray(mass, jnp.float32), doc_valid, theta=0.5)
+    # ADist's definition: the target is the attention mass itself, renormalised over the
+    # real passages: KL(mass || softmax(scores / theta)), mean over questions.
+    expected = 0.0
+    for b in range(2):
+        target = mass[b][real[b]] / mass[b][real[b]].sum()
+        predicted = special.log_softmax(s[b][real[b]] / 0.5)
+        expected += (target * (np.log(target) - predicted)).sum() / 2
+    np.testing.assert_allclose(adist, expected, rtol=1e-4)
 
 
 def test_gradient_directions_on_hand_made_cases():

@@ -11,12 +11,19 @@ from gumbel_jax.objectives import document_log_mask, g_rerank_loss
 from tests.models.conftest import TINY_T5
 
 
-@pytest.fixture(scope="module")
-def setup():
-    reader = FiDReader.random(TINY_T5, seed=3)
+def setup_inputs():
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(2, 64, size=(2, 5, 6)), jnp.int32)
     mask = jnp.ones((2, 5, 6), bool).at[1, 4:].set(False)
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def setup():
+    reader = FiDReader.random(TINY_T5, seed=3)
+    ids, mask = setup_inputs()
+    rng = np.random.default_rng(0)
+    rng.integers(2, 64, size=(2, 5, 6))  # the draws of setup_inputs
     answers = jnp.asarray(rng.integers(2, 64, size=(2, 3)), jnp.int32)
     answer_mask = jnp.ones((2, 3), bool).at[0, 2].set(False)
     memory = reader.encode(ids, mask)
@@ -29,13 +36,26 @@ def _loss(setup, scores, key, **kwargs):
                          candidate_valid=candidate_valid, k=2, **kwargs)
 
 
-def test_loss_is_the_per_token_answer_nll_under_the_relaxed_mask(setup):
+def test_at_small_tau_the_loss_is_the_nll_of_reading_the_sampled_passages_only(setup):
+    """An independent reference: as tau -> 0 the relaxed mask is the union of k hard
+    Gumbel-max draws (noise ``sample_gumbel(key, (k, batch, docs))``, as documented), and the
+    masked reader equals the reader given only those passages, re-encoded on their own."""
     reader, memory, answers, answer_mask, candidate_valid = setup
-    scores, key = jnp.array([[0.5, -1.0, 2.0, 0.0, 1.0]] * 2), jax.random.key(4)
-    log_mask = ops.log_relaxed_topk(key, scores, 2, tau=0.5, where=candidate_valid)
-    log_probs = reader.token_log_probs(memory, answers, answer_mask, log_mask)
-    expected = -(log_probs.sum(-1) / answer_mask.sum(-1)).mean()
-    np.testing.assert_allclose(_loss(setup, scores, key), expected, rtol=1e-6)
+    ids, mask = setup_inputs()
+    scores, key, kappa = jnp.array([[0.5, -1.0, 2.0, 0.0, 1.0], [0.3, 0.1, -0.4, 1.2, 9.0]]), \
+        jax.random.key(4), 1.5
+    noise = np.asarray(ops.sample_gumbel(key, (2, 2, 5)))
+    perturbed = np.where(np.asarray(candidate_valid), kappa * np.asarray(scores) + noise, -np.inf)
+    ordered = -np.sort(-perturbed, axis=-1)
+    assert (ordered[..., 0] - ordered[..., 1] > 0.01).all()  # every draw is clearly hard
+    expected = []
+    for b in range(2):
+        chosen = sorted(set(perturbed[:, b].argmax(-1).tolist()))
+        loglik = reader.answer_log_likelihood(ids[b:b + 1, chosen], mask[b:b + 1, chosen],
+                                              answers[b:b + 1], answer_mask[b:b + 1])
+        expected.append(-float(loglik[0]) / int(answer_mask[b].sum()))
+    loss = _loss(setup, scores, key, tau=1e-4, kappa=kappa)
+    np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-4)
 
 
 @pytest.mark.parametrize("relaxation", ["l2x", "subset", "no_noise", "straight_through"])
@@ -102,3 +122,39 @@ def test_per_example_noise_does_not_depend_on_batch_composition(setup):
     np.testing.assert_array_equal(both[1:], alone)
     loss = _loss(setup, scores, keys, num_samples=2)
     assert np.isfinite(float(loss))
+
+
+def test_several_draws_per_question_with_per_example_keys(setup):
+    """3 draws, batch 2: the key array is not square, so the draws and the questions cannot
+    be confused (with 2 x 2 they could: the swap of the two axes went untested). The loss is
+    the mean of per-question losses and does not depend on the order of the batch."""
+    from gumbel_jax.models.reader import Memory
+    from gumbel_jax.objectives import per_example_keys
+
+    reader, memory, answers, answer_mask, candidate_valid = setup
+    scores = jax.random.normal(jax.random.key(13), (2, 5))
+    keys = per_example_keys(jax.random.key(14), jnp.array([7, 3]))
+    loss = _loss(setup, scores, keys, num_samples=3)
+
+    def question(b):
+        one = Memory(memory.states[b:b + 1], memory.valid[b:b + 1], num_docs=memory.num_docs)
+        return g_rerank_loss(keys[b:b + 1], scores[b:b + 1], reader, one, answers[b:b + 1],
+                             answer_mask[b:b + 1], candidate_valid=candidate_valid[b:b + 1],
+                             k=2, num_samples=3)
+
+    per_question = [float(question(b)) for b in range(2)]
+    np.testing.assert_allclose(loss, np.mean(per_question), rtol=1e-5)
+    assert per_question[0] != per_question[1]
+    reverse = lambda x: x[::-1]
+    reversed_memory = Memory(reverse(memory.states), reverse(memory.valid), memory.num_docs)
+    swapped = g_rerank_loss(reverse(keys), reverse(scores), reader, reversed_memory,
+                            reverse(answers), reverse(answer_mask),
+                            candidate_valid=reverse(candidate_valid), k=2, num_samples=3)
+    np.testing.assert_allclose(swapped, loss, rtol=1e-5)
+    # Each question's 3 draws are the single draws of its own key, split 3 ways.
+    singles = [float(g_rerank_loss(draw[None], scores[:1], reader,
+                                   Memory(memory.states[:1], memory.valid[:1], memory.num_docs),
+                                   answers[:1], answer_mask[:1],
+                                   candidate_valid=candidate_valid[:1], k=2))
+               for draw in jax.random.split(keys[0], 3)]
+    np.testing.assert_allclose(per_question[0], np.mean(singles), rtol=1e-5)

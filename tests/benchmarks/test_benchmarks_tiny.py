@@ -1,6 +1,7 @@
 """Every benchmark runs end to end at tiny size on CPU and writes its JSON report."""
 
 import json
+import math
 
 import pytest
 
@@ -13,22 +14,30 @@ def _report(tmp_path, module, args):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_grerank_step_tiny(tmp_path):
     report = _report(tmp_path, grerank_step, ["--size", "tiny", "--steps", "2", "--remat",
                                               "--num_samples", "2"])
     assert report["step_s_median"] > 0 and report["questions_per_s"] > 0
     assert report["flops_per_step"]["total"] > 0
-    assert report["final_loss"] == pytest.approx(report["final_loss"])  # finite
+    # The loss of the synthetic batch: finite and of the order of a tiny vocabulary's NLL
+    # (a loss of inf or 0 is a broken step, not a number to time).
+    assert math.isfinite(report["final_loss"]) and 0 < report["final_loss"] < 20
 
 
-@pytest.mark.parametrize("objective", ["emdr", "loop", "adist"])
-def test_baseline_steps_tiny(tmp_path, objective):
+@pytest.mark.slow
+def test_grerank_step_tiny_objective_option(tmp_path):
+    """The benchmark times a baseline through --objective (one baseline stands for all: the
+    script's code path is the same; the objectives' wiring is tested in
+    tests/training/test_step.py)."""
+    objective = "adist"
     report = _report(tmp_path, grerank_step, ["--size", "tiny", "--steps", "1",
                                               "--objective", objective])
     assert report["options"]["objective"] == objective and report["step_s_median"] > 0
     assert "flops_per_step" not in report  # G-Rerank's count does not apply
 
 
+@pytest.mark.slow
 def test_attention_tiny(tmp_path):
     report = _report(tmp_path, attention, ["--size", "tiny", "--steps", "2"])
     assert report["variants"]["blockwise"]["step_s_median"] > 0
@@ -36,11 +45,13 @@ def test_attention_tiny(tmp_path):
     assert report["ops"]["step_s_median"] > 0
 
 
+@pytest.mark.slow
 def test_memory_tiny(tmp_path):
     report = _report(tmp_path, memory, ["--size", "tiny", "--batches", "1", "2"])
     assert report["largest_batch_that_fits"] == 2
 
 
+@pytest.mark.slow
 def test_torch_reference_consistency_tiny(tmp_path):
     pytest.importorskip("torch")
     from benchmarks import torch_reference

@@ -54,24 +54,97 @@ def test_save_pretrained_folder_loads(reference, tmp_path):
     np.testing.assert_array_equal(_encode(model), _encode(expected))
 
 
-def test_fid_wrapped_pytorch_checkpoint_loads(reference, tmp_path):
-    """FiD saves encoder keys as encoder.encoder.block.N.module.…; both read the same."""
-    tensors = state_dict_numpy(reference)
-    wrapped = {}
-    for name, value in tensors.items():
-        if name.startswith("encoder."):
-            name = "encoder." + name.replace("encoder.block.", "encoder.block.MOD.")
-            parts = name.split(".")
-            if "MOD" in parts:
-                index = parts.index("MOD")
-                parts[index], parts[index + 1] = parts[index + 1], "module"
-            name = ".".join(parts)
-        wrapped[name] = value
-    assert "encoder.encoder.block.1.module.layer.0.SelfAttention.q.weight" in wrapped
-    folder = _write_folder(tmp_path / "fid", reference.config.to_dict(), wrapped, as_bin=True)
+class _CheckpointWrapper(torch.nn.Module):
+    """FiD's CheckpointWrapper (src/model.py): an encoder block held as ``.module``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+class _EncoderWrapper(torch.nn.Module):
+    """FiD's EncoderWrapper: the T5 encoder stack held as ``.encoder``, each of its blocks
+    wrapped as above (FiD's apply_checkpoint_wrapper)."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+        encoder.block = torch.nn.ModuleList(_CheckpointWrapper(b) for b in encoder.block)
+
+
+# A T5 config.json as transformers 3.0.2 (FiD's version) wrote it for FiD's readers: no
+# num_decoder_layers (the decoder is as deep as the encoder), no feed_forward_proj (relu),
+# no tie_word_embeddings (tied), no relative_attention_max_distance (128).
+OLD_STYLE = {"architectures": ["FiDT5"], "d_ff": 24, "d_kv": 4, "d_model": 16,
+             "decoder_start_token_id": 0, "dropout_rate": 0.1, "eos_token_id": 1,
+             "initializer_factor": 1.0, "is_encoder_decoder": True, "layer_norm_epsilon": 1e-6,
+             "model_type": "t5", "n_positions": 512, "num_heads": 2, "num_layers": 2,
+             "output_past": True, "pad_token_id": 0, "relative_attention_num_buckets": 8,
+             "vocab_size": 50}
+
+
+def test_fid_wrapped_checkpoint_with_an_old_config_loads_and_equals_transformers(tmp_path):
+    """A state dict saved from a T5 wrapped the way FiD wraps it (keys
+    ``encoder.encoder.block.N.module.…``), next to an old-style config.json: the reader we
+    load gives transformers' log-probabilities of the unwrapped model on each passage."""
+    import copy
+
+    torch.manual_seed(3)
+    reference = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=50, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=2,
+        relative_attention_num_buckets=8, dropout_rate=0.0, decoder_start_token_id=0)).eval()
+    wrapped = copy.deepcopy(reference)
+    wrapped.encoder = _EncoderWrapper(wrapped.encoder)
+    state = wrapped.state_dict()
+    assert "encoder.encoder.block.1.module.layer.0.SelfAttention.q.weight" in state
+    assert not any(name.startswith("encoder.block.") for name in state)
+    folder = tmp_path / "fid"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(OLD_STYLE))
+    torch.save(state, folder / "pytorch_model.bin")
     reader = load_fid_reader(folder)
-    plain = t5_from_tensors(T5Config.from_hf(reference.config), tensors)
-    np.testing.assert_array_equal(_encode(reader.t5), _encode(plain))
+    assert reader.config.num_decoder_layers == 2 and not reader.config.is_gated
+
+    rng = np.random.default_rng(4)
+    ids = rng.integers(2, 50, size=(3, 7))
+    mask = np.ones((3, 7), bool)
+    mask[1, 5:] = False
+    answers = rng.integers(2, 50, size=(3, 4))
+    answer_mask = np.ones((3, 4), bool)
+    answer_mask[2, 3] = False
+    with torch.no_grad():
+        logits = reference(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                           labels=torch.from_numpy(answers)).logits
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(answers)[..., None])
+    expected = np.where(answer_mask, expected[..., 0].numpy(), 0.0)
+    memory = reader.encode(jnp.asarray(ids)[:, None], jnp.asarray(mask)[:, None])
+    ours = reader.token_log_probs(memory, jnp.asarray(answers), jnp.asarray(answer_mask))
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_xlm_roberta_cross_encoder_loads_from_a_folder(tmp_path):
+    """save_pretrained of an XLM-R sequence classifier (config.json model_type xlm-roberta,
+    safetensors): the loaded cross-encoder scores as transformers does, positions offset
+    past the padding id included."""
+    torch.manual_seed(1)
+    config = transformers.XLMRobertaConfig(
+        vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=24, max_position_embeddings=40, type_vocab_size=1, num_labels=1,
+        pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    reference = transformers.XLMRobertaForSequenceClassification(config).eval()
+    reference.save_pretrained(tmp_path / "xlmr")
+    assert json.loads((tmp_path / "xlmr" / "config.json").read_text())["model_type"] == \
+        "xlm-roberta"
+    model = load_cross_encoder(tmp_path / "xlmr")
+    ids = np.random.default_rng(2).integers(3, 60, size=(2, 9))
+    mask = np.ones((2, 9), bool)
+    mask[1, 6:] = False
+    ids[~mask] = 1
+    with torch.no_grad():
+        expected = reference(input_ids=torch.from_numpy(ids),
+                             attention_mask=torch.from_numpy(mask)).logits[:, 0].numpy()
+    np.testing.assert_allclose(model(jnp.asarray(ids), jnp.asarray(mask)), expected,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_missing_unexpected_and_misshaped_tensors_are_listed(reference, tmp_path):

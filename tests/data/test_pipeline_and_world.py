@@ -185,3 +185,104 @@ def test_sentence_pairs_for_cross_encoders_keep_separators_when_cut():
         types = interactive["token_type_ids"][0][0][example["ranker_mask"][0]].tolist()
         first_sep = row.index(tokenizer.sep_token_id)
         assert types == [0] * (first_sep + 1) + [1] * (len(row) - first_sep - 1)
+
+
+def _sentencepiece_like_tokenizer(records, specials: list[str], single: str, pair: str):
+    """An offline SentencePiece-style tokenizer built with ``tokenizers``: a Unigram model
+    over "▁"-prefixed pieces (half the words whole, the rest split into characters), the
+    Metaspace pre-tokenizer, and the model's own special-token templates."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [r.question for r in records] + [f"{p.title} {p.text}" for r in records
+                                             for p in r.ctxs] + [a for r in records
+                                                                 for a in r.answers]
+    words = sorted({word for text in texts for word in text.split()})
+    chars = sorted({char for word in words for char in word})
+    pieces = ([(token, 0.0) for token in specials] + [("▁", -2.0)]
+              + [(char, -4.0) for char in chars] + [(f"▁{char}", -4.5) for char in chars]
+              + [(f"▁{word}", -3.0) for word in words[::2]])
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=specials.index("<unk>")))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, specials.index(t)) for t in specials
+                                                  if t in single + pair])
+    names = {"<s>": ("bos_token", "cls_token"), "</s>": ("eos_token", "sep_token"),
+             "<pad>": ("pad_token",), "<unk>": ("unk_token",)}
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer,
+                                   model_input_names=["input_ids", "attention_mask"],
+                                   **{name: token for token in specials
+                                      for name in names[token]})
+
+
+def test_xlm_r_style_sentence_pairs_through_the_pipeline():
+    """XLM-R joins a pair as <s> A </s></s> B </s> and has no segment ids: the cut keeps all
+    four special tokens (two of them adjacent), and interactive tokenisation equals the
+    pipeline's."""
+    from gumbel_jax.data.inputs import tokenize_cross_encoder
+    from gumbel_jax.data.templates import cross_encoder_pair
+
+    records = make_records(CONFIG, 3)
+    tokenizer = _sentencepiece_like_tokenizer(records, ["<s>", "<pad>", "</s>", "<unk>"],
+                                              "<s> $A </s>", "<s> $A </s> </s> $B </s>")
+    record = records[0]
+    passage = record.ctxs[0]
+    full = tokenizer(*cross_encoder_pair(record.question, passage.title,
+                                         passage.text))["input_ids"]
+    assert full[0] == 0 and full[-1] == 2 and full.count(2) == 3 and 3 not in full  # no <unk>
+    assert "token_type_ids" not in tokenizer(*cross_encoder_pair(record.question, "t", "x"))
+    question_tokens = len(tokenizer(record.question)["input_ids"]) - 2
+    for length in (len(full) + 3, 14):
+        featurize = Featurizer(tokenizer, tokenizer, FeatureSpec(8, 16, length, 4),
+                               ranker_template=cross_encoder_pair)
+        example = featurize(record)
+        row = example["ranker_ids"][0][example["ranker_mask"][0]].tolist()
+        if length > len(full):
+            assert row == full
+        else:
+            separator = row.index(2)
+            assert len(row) == 14 and row[0] == 0 and row[-1] == 2 and row.count(2) == 3
+            assert row[separator + 1] == 2  # the adjacent pair of separators survives
+            # Room 10 (14 - 4 specials): the question keeps at most half of it, the passage
+            # the rest; both start as in the full encoding.
+            kept_question = separator - 1
+            assert kept_question == min(question_tokens, 5)
+            assert row[1:separator] == full[1:separator]
+            assert row[separator + 2] == full[full.index(2) + 2]
+        passages = [(p.title, p.text) for p in record.ctxs[:8]]
+        interactive = tokenize_cross_encoder(tokenizer, record.question, passages,
+                                             max_length=length)
+        assert set(interactive) == {"input_ids", "attention_mask"}
+        np.testing.assert_array_equal(interactive["input_ids"][0], example["ranker_ids"])
+        np.testing.assert_array_equal(interactive["attention_mask"][0], example["ranker_mask"])
+
+
+def test_t5_style_passages_keep_their_final_eos_when_cut():
+    """T5's SentencePiece tokenizer appends </s>: a passage cut to its length keeps that EOS
+    (FiD and RankT5 read it), and ``tokenize_passages`` equals the pipeline for both
+    templates."""
+    from gumbel_jax.data.inputs import tokenize_passages
+    from gumbel_jax.data.templates import fid_passage_text, rankt5_text
+
+    records = make_records(CONFIG, 3)
+    tokenizer = _sentencepiece_like_tokenizer(records, ["<pad>", "</s>", "<unk>"],
+                                              "$A </s>", "$A </s> $B </s>")
+    record = records[1]
+    featurize = Featurizer(tokenizer, tokenizer, FeatureSpec(8, 10, 12, 4))
+    example = featurize(record)
+    passages = [(p.title, p.text) for p in record.ctxs[:8]]
+    for field, template, length in (("reader", fid_passage_text, 10),
+                                    ("ranker", rankt5_text, 12)):
+        full = tokenizer(template(record.question, *passages[0]))["input_ids"]
+        assert len(full) > length and full[-1] == 1
+        row = example[f"{field}_ids"][0][example[f"{field}_mask"][0]].tolist()
+        assert row == full[:length - 1] + [1]
+        interactive = tokenize_passages(tokenizer, record.question, passages,
+                                        max_length=length, template=template)
+        np.testing.assert_array_equal(interactive["input_ids"][0], example[f"{field}_ids"])
+        np.testing.assert_array_equal(interactive["attention_mask"][0],
+                                      example[f"{field}_mask"])
+    answer = tokenizer(record.answers[0])["input_ids"]
+    expected = answer if len(answer) <= 4 else answer[:3] + [1]
+    assert example["answer_ids"][example["answer_mask"]].tolist() == expected

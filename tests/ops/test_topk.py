@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from scipy import special
 
 from gumbel_jax import ops
 
@@ -22,15 +23,51 @@ def test_relaxed_topk_shape_range_and_invalid_zero(strict_numerics):
     assert np.all(values[~valid] == 0)
 
 
-def test_relaxed_topk_matches_its_log_space_twin():
-    key = jax.random.key(1)
-    mask = ops.relaxed_topk(key, SCORES, 2, tau=0.3, kappa=2.0, where=WHERE)
-    log_mask = ops.log_relaxed_topk(key, SCORES, 2, tau=0.3, kappa=2.0, where=WHERE)
+def _numpy_relaxed_topk(scores, noise, *, tau, kappa, valid):
+    """The paper's definition in float64 numpy: max over draws of softmax((kappa w + G)/tau)
+    over the valid candidates; invalid candidates 0."""
+    scores, noise, valid = (np.asarray(x, np.float64) for x in (scores, noise, valid))
+    valid = valid.astype(bool)
+    logits = np.where(valid, (kappa * scores + noise) / tau, -np.inf)
+    draws = special.softmax(logits, axis=-1)  # [k, ..., n]
+    return np.where(valid, draws.max(axis=0), 0.0)
+
+
+def _numpy_subset_topk(scores, noise, k, *, tau, kappa, valid):
+    """Xie & Ermon's k softmaxes, each suppressing what the previous one took (float64)."""
+    scores, noise = np.asarray(scores, np.float64), np.asarray(noise, np.float64)
+    valid = np.asarray(valid, bool)
+    alpha, taken, total = kappa * scores + noise, np.zeros_like(scores), np.zeros_like(scores)
+    for _ in range(k):
+        alpha = alpha + np.log(np.maximum(1.0 - taken, 1e-20))
+        taken = np.where(valid, special.softmax(np.where(valid, alpha / tau, -np.inf), -1), 0)
+        total += taken
+    return total
+
+
+@pytest.mark.parametrize("tau,kappa", [(0.3, 2.0), (1.7, 0.6)])
+def test_relaxed_topk_and_its_log_twin_equal_the_definition(tau, kappa):
+    """Both against an independent float64 numpy computation on the documented noise
+    (``sample_gumbel(key, (k, *scores.shape))``), not against each other."""
+    key, k = jax.random.key(1), 3
+    noise = ops.sample_gumbel(key, (k, *SCORES.shape))
+    expected = _numpy_relaxed_topk(SCORES, noise, tau=tau, kappa=kappa, valid=WHERE)
+    mask = ops.relaxed_topk(key, SCORES, k, tau=tau, kappa=kappa, where=WHERE)
+    np.testing.assert_allclose(mask, expected, rtol=1e-5, atol=1e-7)
+    log_mask = np.asarray(ops.log_relaxed_topk(key, SCORES, k, tau=tau, kappa=kappa,
+                                               where=WHERE))
     valid = np.asarray(WHERE)
-    np.testing.assert_allclose(np.exp(np.asarray(log_mask))[valid], np.asarray(mask)[valid],
-                               rtol=1e-6)
-    assert np.all(np.asarray(log_mask)[~valid] == ops.mask_value(jnp.float32))
-    assert np.all(np.asarray(log_mask) <= 0)
+    np.testing.assert_allclose(log_mask[valid], np.log(expected[valid]), rtol=1e-5, atol=1e-6)
+    assert np.all(log_mask[~valid] == ops.mask_value(jnp.float32))
+
+
+@pytest.mark.parametrize("tau,kappa,k", [(0.7, 1.0, 3), (2.0, 0.5, 2)])
+def test_subset_topk_equals_the_definition(tau, kappa, k):
+    key = jax.random.key(13)
+    noise = ops.sample_gumbel(key, SCORES.shape)
+    expected = _numpy_subset_topk(SCORES, noise, k, tau=tau, kappa=kappa, valid=WHERE)
+    mask = ops.subset_topk(key, SCORES, k, tau=tau, kappa=kappa, where=WHERE)
+    np.testing.assert_allclose(mask, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_relaxed_topk_is_permutation_equivariant_with_the_same_noise():
