@@ -119,3 +119,17 @@ def test_gradient_directions_on_hand_made_cases():
     four = jnp.array([[True, True, True, False]])
     grad = jax.grad(lambda s: objectives.supervised_loss(s, gold, four))(jnp.zeros((1, 4)))
     assert float(grad[0, 0]) < 0 < float(grad[0, 1]) and float(grad[0, 3]) == 0
+
+
+def test_supervised_loss_is_the_cross_entropy_to_the_gold_passages():
+    """Three questions: two gold passages (one of them a padded candidate, which does not
+    count), none (contributes 0), one; the mean over all three, by hand in numpy."""
+    scores = np.array([[1.0, 0.5, -0.3, 2.0], [0.2, 0.1, 0.0, -1.0], [0.3, -0.7, 1.5, 0.4]])
+    valid = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], bool)
+    gold = np.array([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]], bool)
+    first = special.log_softmax(scores[0, :3])
+    third = special.log_softmax(scores[2, :2])
+    expected = (-(first[0] + first[2]) / 2 + 0.0 - third[1]) / 3
+    loss = objectives.supervised_loss(jnp.asarray(scores, jnp.float32), jnp.asarray(gold),
+                                      jnp.asarray(valid))
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)

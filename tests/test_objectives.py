@@ -158,3 +158,33 @@ def test_several_draws_per_question_with_per_example_keys(setup):
                                    candidate_valid=candidate_valid[:1], k=2))
                for draw in jax.random.split(keys[0], 3)]
     np.testing.assert_allclose(per_question[0], np.mean(singles), rtol=1e-5)
+
+
+def test_straight_through_samples_only_real_candidates():
+    """The hard top-k of the straight-through relaxation draws among valid candidates only:
+    a padded candidate with the highest score never takes one of the k places."""
+    valid = jnp.array([[True, True, False, True, False], [False, True, True, True, True]])
+    scores = jnp.where(valid, jax.random.normal(jax.random.key(15), (2, 5)), 50.0)
+    for seed in range(5):
+        log_mask = document_log_mask(jax.random.key(seed), scores, 2, tau=0.5, kappa=1.0,
+                                     candidate_valid=valid, relaxation="straight_through")
+        chosen = np.asarray(log_mask) > -1e-5
+        assert not (chosen & ~np.asarray(valid)).any()
+        np.testing.assert_array_equal(chosen.sum(-1), [2, 2])
+
+
+def test_library_defaults_are_the_configs():
+    """Calling an objective without a setting uses the same value as a config without it
+    (the paper's tau / kappa, Atlas's theta and target temperature)."""
+    import inspect
+
+    from gumbel_jax import objectives
+    from gumbel_jax.training.config import ObjectiveConfig
+
+    defaults = ObjectiveConfig()
+    for function in (objectives.g_rerank_loss, objectives.emdr_loss, objectives.pdist_loss,
+                     objectives.loop_loss, objectives.adist_loss,
+                     objectives.document_log_mask):
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.default is not inspect.Parameter.empty and hasattr(defaults, name):
+                assert parameter.default == getattr(defaults, name), (function.__name__, name)

@@ -150,6 +150,26 @@ def test_topk_mask_ties_by_position_and_at_most_the_valid_count():
     assert np.all(np.asarray(jax.grad(lambda s: ops.topk_mask(s, 2).sum())(scores)) == 0)
 
 
+def test_topk_mask_over_three_axes_is_per_row():
+    """Candidates on the last axis whatever the leading axes (a 2-D test cannot tell axis -1
+    from axis 1); a ``where`` of the wrong shape is refused."""
+    scores = jax.random.normal(jax.random.key(21), (2, 3, 5))
+    where = jax.random.bernoulli(jax.random.key(22), 0.7, (2, 3, 5))
+    mask = np.asarray(ops.topk_mask(scores, 2, where=where))
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_array_equal(mask[i, j],
+                                          ops.topk_mask(scores[i, j], 2, where=where[i, j]))
+    np.testing.assert_array_equal(mask.sum(-1), np.minimum(np.asarray(where).sum(-1), 2))
+    with pytest.raises(ValueError, match="where must have the shape of scores"):
+        ops.topk_mask(scores, 2, where=where[..., :4])
+    rounded = scores.astype(jnp.bfloat16)
+    half = ops.topk_mask(rounded, 2, where=where)
+    assert half.dtype == jnp.bfloat16  # the dtype of the scores, as documented
+    np.testing.assert_array_equal(np.asarray(half, np.float32),
+                                  ops.topk_mask(rounded.astype(jnp.float32), 2, where=where))
+
+
 @pytest.mark.parametrize("op", ["relaxed_topk", "log_relaxed_topk", "subset_topk"])
 def test_gradients_match_finite_differences_float64(op, float64):
     key = jax.random.key(10)
