@@ -232,7 +232,10 @@ def provenance() -> dict:
 
 
 def write_report(path: str | None, report: dict) -> None:
-    report = {**report, "provenance": provenance()}
+    source = provenance()
+    # The commit and command at the top level too, where readers of a result look first.
+    report = {"git_commit": source["git_commit"], "command": source["command"], **report,
+              "provenance": source}
     text = json.dumps(report, indent=2, default=float)
     print(text)
     if path:
