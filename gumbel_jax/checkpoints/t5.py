@@ -105,12 +105,7 @@ def load_t5(name_or_path: str | os.PathLike, **config_overrides) -> T5EncoderDec
     hub name. ``config_overrides`` set compute options such as ``dtype``, ``remat`` or
     ``attention_implementation``."""
     model_dir = resolve_model_dir(name_or_path)
-    raw = read_config(model_dir)
-    if raw.get("num_decoder_layers") is None and "num_layers" in raw:
-        # Configs written before transformers 4 (t5-base/large's own, FiD's readers) have no
-        # num_decoder_layers; transformers reads them as a decoder as deep as the encoder.
-        raw = {**raw, "num_decoder_layers": raw["num_layers"]}
-    config = T5Config.from_hf(raw, **config_overrides)
+    config = T5Config.from_hf(read_config(model_dir), **config_overrides)
     return t5_from_tensors(config, read_tensors(model_dir), source=str(model_dir))
 
 

@@ -75,6 +75,11 @@ class T5Config:
         flag as ``scale_decoder_outputs``; a raw config.json has the real flag.
         """
         raw = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+        if raw.get("num_decoder_layers") is None and "num_layers" in raw:
+            # Configs written before transformers 4 (t5-base/large's own, FiD's readers) have
+            # no num_decoder_layers; transformers reads them as a decoder as deep as the
+            # encoder (our dataclass default, 6, would silently drop layers).
+            raw = {**raw, "num_decoder_layers": raw["num_layers"]}
         tied = raw.get("scale_decoder_outputs", raw.get("tie_word_embeddings", True))
         fields = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings"}
         values = {k: raw[k] for k in fields if k in raw and raw[k] is not None}

@@ -83,6 +83,14 @@ OLD_STYLE = {"architectures": ["FiDT5"], "d_ff": 24, "d_kv": 4, "d_model": 16,
              "vocab_size": 50}
 
 
+def test_an_old_config_without_num_decoder_layers_reads_a_decoder_as_deep_as_the_encoder():
+    """The rule lives in ``T5Config.from_hf``, so every caller (not only ``load_t5``) gets it;
+    an explicit ``num_decoder_layers`` still wins."""
+    deep = {**OLD_STYLE, "num_layers": 24}
+    assert T5Config.from_hf(deep).num_decoder_layers == 24
+    assert T5Config.from_hf({**deep, "num_decoder_layers": 3}).num_decoder_layers == 3
+
+
 def test_fid_wrapped_checkpoint_with_an_old_config_loads_and_equals_transformers(tmp_path):
     """A state dict saved from a T5 wrapped the way FiD wraps it (keys
     ``encoder.encoder.block.N.module.…``), next to an old-style config.json: the reader we
