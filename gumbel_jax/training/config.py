@@ -25,6 +25,9 @@ RerankerKind = Literal["rankt5", "cross_encoder"]  # RankT5, or BERT / XLM-R (e.
 Init = Literal["pretrained", "random"]
 AttentionKernel = Literal["", "xla", "cudnn"]  # "": our einsum path
 ComputeDtype = Literal["float32", "bfloat16"]
+# Learning-rate decay after the warm-up: cosine to a tenth (reranker training), or linear to
+# zero (FiD's reader recipe, its WarmupLinearScheduler with min_ratio 0).
+Schedule = Literal["cosine", "linear"]
 
 
 def choices(kind) -> tuple:
@@ -50,6 +53,7 @@ class OptimizerConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     clip_norm: float = 1.0
+    schedule: Schedule = "cosine"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +134,9 @@ class ModelConfig:
     # self- and masked cross-attention, the reranker's encoder and decoder): "" (einsum),
     # "xla" or "cudnn" (GPU; its bias gradient is verified in the tests).
     attention: AttentionKernel = ""
-    remat: bool = False  # rematerialise the reranker's layers (batch for memory)
+    # Rematerialise the trained model's layers (batch for memory): the reranker's, or the
+    # reader's in reader training (ReaderExperimentConfig).
+    remat: bool = False
     # The reader's beam width when it answers in evaluation: 1 is greedy (FiD evaluates
     # greedily); more runs beam search (Hugging Face's, early stopping, length penalty 1).
     num_beams: int = 1
@@ -145,6 +151,33 @@ class ExperimentConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderExperimentConfig:
+    """Training a Fusion-in-Decoder reader (``experiments.train_reader``,
+    ``gumbel_jax.training.reader.run_reader_training``): every parameter of the reader that
+    ``model.reader`` names ("tiny", a T5 / Flan-T5 / FiD checkpoint by folder or hub name;
+    ``model.reader_init="random"`` with ``model.reader_architecture``) learns p(answer |
+    question, passages). ``model``'s reranker fields and ``train.objective`` are not read;
+    ``model.remat`` rematerialises the reader's layers and ``model.dtype`` is its compute
+    dtype (its parameters stay float32). ``train.best_metric`` is "em" or "f1" on the held-out
+    questions (evaluated every ``train.eval_every`` steps, greedy or ``model.num_beams``).
+
+    ``num_slots`` 0 reads every candidate of a question together (FiD; the gold passages are
+    among them when ``data.num_candidates`` covers the dataset's pool). ``num_slots`` > 0
+    reads a random subset with every gold passage (``training.reader.gold_subsets``; the
+    demo's reader), leaving out a question's indirect passages with probability
+    ``drop_indirect``.
+    """
+
+    name: str = "reader"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(best_metric="em", eval_every=100))
+    num_slots: int = 0
+    drop_indirect: float = 0.0
 
 
 def from_dict(cls, raw: dict):
@@ -238,11 +271,6 @@ def validate(config: TrainConfig, *, num_candidates: int) -> None:
             raise ValueError(f"objective.{name} must be > 0")
     if objective.num_samples < 1:
         raise ValueError("objective.num_samples must be >= 1")
-    if config.checkpoint_every < 1 or config.num_steps < 0:
-        raise ValueError("checkpoint_every must be >= 1 and num_steps >= 0")
-    if config.log_every < 1 or config.eval_every < 0:
-        raise ValueError(f"log_every={config.log_every} must be >= 1 and eval_every="
-                         f"{config.eval_every} >= 0 (0: no held-out evaluation)")
     if config.best_metric and not config.eval_every:
         raise ValueError(f"best_metric={config.best_metric!r} needs eval_every > 0 (the best "
                          "checkpoint is chosen at the held-out evaluations)")
@@ -251,7 +279,46 @@ def validate(config: TrainConfig, *, num_candidates: int) -> None:
                          f"expected one of {config.eval_metric_names()}" +
                          (" (em / f1 need eval_answers=True)"
                           if config.best_metric in ("em", "f1") else ""))
+    _validate_schedule(config)
+
+
+def _validate_schedule(config: TrainConfig) -> None:
+    if config.checkpoint_every < 1 or config.num_steps < 0:
+        raise ValueError("checkpoint_every must be >= 1 and num_steps >= 0")
+    if config.log_every < 1 or config.eval_every < 0:
+        raise ValueError(f"log_every={config.log_every} must be >= 1 and eval_every="
+                         f"{config.eval_every} >= 0 (0: no held-out evaluation)")
     warmup = config.optimizer.warmup_steps
     if warmup < 0 or (warmup and warmup >= max(config.num_steps, 2)):
         raise ValueError(f"optimizer.warmup_steps={warmup} must be in [0, num_steps="
-                         f"{config.num_steps}) (the cosine decay follows the warm-up)")
+                         f"{config.num_steps}) (the {config.optimizer.schedule} decay follows "
+                         "the warm-up)")
+
+
+READER_METRICS = ("em", "f1")  # what a reader's held-out evaluation reports
+
+
+def validate_reader(config: ReaderExperimentConfig) -> None:
+    """Reader-training settings that cannot work, with a message that says which and why."""
+    check_choices(config)
+    train = config.train
+    _validate_schedule(train)
+    if train.best_metric and not train.eval_every:
+        raise ValueError(f"train.best_metric={train.best_metric!r} needs train.eval_every > 0 "
+                         "(the best reader is chosen at the held-out evaluations)")
+    if train.best_metric not in ("", *READER_METRICS):
+        raise ValueError(f"train.best_metric={train.best_metric!r}: a reader is chosen by one "
+                         f"of {READER_METRICS} (or '' for none)")
+    if not config.model.reader:
+        raise ValueError("model.reader must name the reader to train: 'tiny', a T5 / FiD "
+                         "checkpoint folder or a hub name such as google-t5/t5-large")
+    if not 0 <= config.num_slots <= config.data.num_candidates:
+        raise ValueError(f"num_slots={config.num_slots} must be in [0, data.num_candidates="
+                         f"{config.data.num_candidates}] (0: read every candidate, as FiD)")
+    if not 0.0 <= config.drop_indirect <= 1.0 or (config.drop_indirect and
+                                                   not config.num_slots):
+        raise ValueError(f"drop_indirect={config.drop_indirect} must be in [0, 1] and needs "
+                         "num_slots > 0 (it drops passages from the subsets read)")
+    if config.data.batch_size < 1 or config.data.answer_length < 2:
+        raise ValueError("data.batch_size must be >= 1 and data.answer_length >= 2 (an answer "
+                         "token and EOS)")

@@ -14,15 +14,25 @@ from gumbel_jax.data.batch import Batch
 from gumbel_jax.training.config import OBJECTIVES, ObjectiveConfig, OptimizerConfig
 
 
+def learning_rate_schedule(config: OptimizerConfig, num_steps: int) -> optax.Schedule:
+    """Linear warm-up (none by default: the first step already uses the full rate), then
+    ``config.schedule``: cosine decay to a tenth over the run, or linear decay to zero at
+    ``num_steps`` (FiD's reader recipe)."""
+    rate, warmup = config.learning_rate, config.warmup_steps
+    start = 0.0 if warmup else rate
+    if config.schedule == "linear":
+        return optax.join_schedules(
+            [optax.linear_schedule(start, rate, max(warmup, 1)),
+             optax.linear_schedule(rate, 0.0, max(num_steps - warmup, 1))], [warmup])
+    return optax.warmup_cosine_decay_schedule(start, rate, max(warmup, 1), max(num_steps, 2),
+                                              end_value=rate * 0.1)
+
+
 def make_optimizer(config: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping; linear warm-up (none by default: the first step
-    already uses the full rate) then cosine decay to a tenth over the run."""
-    start = 0.0 if config.warmup_steps else config.learning_rate
-    schedule = optax.warmup_cosine_decay_schedule(
-        start, config.learning_rate, max(config.warmup_steps, 1), max(num_steps, 2),
-        end_value=config.learning_rate * 0.1)
+    """AdamW after global-norm clipping, at :func:`learning_rate_schedule`."""
     return optax.chain(optax.clip_by_global_norm(config.clip_norm),
-                       optax.adamw(schedule, weight_decay=config.weight_decay))
+                       optax.adamw(learning_rate_schedule(config, num_steps),
+                                   weight_decay=config.weight_decay))
 
 
 # --- The objective registry: name -> loss of one batch --------------------------------
