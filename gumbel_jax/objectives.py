@@ -102,9 +102,23 @@ def g_rerank_loss(key, scores, reader, memory, answer_ids, answer_mask, *,
     return jax.vmap(one_draw)(draw_keys).mean()
 
 
-# --- Baselines (Atlas semantics; Izacard et al., 2023) -----------------------------------
+# --- Baselines, as Atlas computes them (Izacard et al., 2023; facebookresearch/atlas) ----
 # Each trains the reranker on a target computed from the frozen reader; the reader terms
-# carry no gradient. theta is the reranker's softmax temperature, temperature the target's.
+# carry no gradient. theta is Atlas's temperature_score (the reranker's softmax temperature),
+# temperature_gold its temperature of the target. The defaults reproduce Atlas; every other
+# choice is a named setting (docs/baselines.md lists them and why they exist).
+
+# "atlas": the reductions of Atlas (EMDR: mean over every answer token of the batch; KL
+# forms: torch.nn.KLDivLoss()'s "mean", over batch x passages). "per_question": each
+# question's loss (mean over its tokens / KL summed over its passages), then the mean over
+# questions (this project's reduction before it followed Atlas; KLDivLoss's "batchmean").
+Reduction = Literal["atlas", "per_question"]
+# ADist's signal: "value_norm_sum" is Atlas's evalnormsum; "attention_mass" the plain
+# cross-attention mass used as the target distribution itself (no temperature).
+AdistSignal = Literal["value_norm_sum", "attention_mass"]
+# Atlas's fid.py divides the summed cross-attention statistic by a fixed 256 (besides the
+# layers and answer tokens): a scale temperature_gold sees, so it is kept.
+ATLAS_ATTENTION_DIVISOR = 256.0
 
 
 def _masked_log_softmax(logits, valid):
@@ -112,48 +126,82 @@ def _masked_log_softmax(logits, valid):
     return jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), 0.0)
 
 
-def _kl_to_reranker(target_logits, scores, valid, theta):
-    """KL(softmax(target_logits) || softmax(scores / theta)) over valid candidates, mean over
-    the batch; the target carries no gradient."""
+def _check_reduction(reduction):
+    if reduction not in ("atlas", "per_question"):
+        raise ValueError(f"unknown reduction {reduction!r}; expected atlas or per_question")
+
+
+def _kl_to_reranker(target_logits, scores, valid, theta, reduction: Reduction):
+    r"""Atlas's ``kldivloss`` with the target already divided by its temperature:
+    :math:`\sum_i p_i (\log p_i - \log \mathrm{softmax}(s/\theta)_i)`, ``p =
+    softmax(target_logits)`` over a question's valid candidates (no gradient), reduced as
+    ``reduction`` says ("atlas": divided by every ``[batch, docs]`` entry, padded
+    candidates counted as the zero terms they are; "per_question": mean over questions).
+
+    Args:
+      target_logits, scores: ``[batch, docs]``; valid: ``[batch, docs]`` boolean.
+    """
+    _check_reduction(reduction)
     target_log = jax.lax.stop_gradient(_masked_log_softmax(target_logits, valid))
     predicted_log = _masked_log_softmax(scores / theta, valid)
     target = jnp.where(valid, jnp.exp(target_log), 0.0)
-    return (target * (target_log - predicted_log)).sum(-1).mean()
+    terms = target * (target_log - predicted_log)
+    return terms.mean() if reduction == "atlas" else terms.sum(-1).mean()
 
 
-def per_document_token_log_probs(reader, memory, answer_ids, answer_mask):
-    """log p(answer token | question, passage i read alone): ``[batch, docs, tgt_len]``.
+def per_document_token_log_probs(reader, memory, answer_ids, answer_mask, *,
+                                 temperature_gold: float = 1.0):
+    """log softmax(logits / temperature_gold) at each gold answer token with passage ``i``
+    read alone: ``[batch, docs, tgt_len]`` (no gradient). ``temperature_gold = 1`` gives
+    the reader's own log-probabilities (PDist); EMDR uses its temperature, as Atlas does.
 
     Each passage becomes its own one-passage question (``Memory.split_documents``: passages
     are encoded independently, so the encoder output is reused, not recomputed)."""
     num_docs = memory.num_docs
     repeat = lambda x: jnp.repeat(x, num_docs, axis=0)
     log_probs = reader.token_log_probs(memory.split_documents(), repeat(answer_ids),
-                                       repeat(answer_mask))
+                                       repeat(answer_mask), temperature=temperature_gold)
     return jax.lax.stop_gradient(log_probs.reshape(memory.batch_size, num_docs, -1))
 
 
-def emdr_loss(scores, per_doc_log_probs, answer_mask, candidate_valid, *, theta=0.01):
-    r"""EMDR: :math:`-\sum_t \log \sum_i \mathrm{softmax}(w/\theta)_i\, p(a_t | q, d_i)`,
-    averaged over answer tokens and questions.
+def emdr_loss(scores, per_doc_log_probs, answer_mask, candidate_valid, *, theta=0.01,
+              reduction: Reduction = "atlas"):
+    r"""EMDR (Atlas's ``logprob``): per answer token :math:`t`,
+    :math:`-\log \sum_i \mathrm{softmax}(s/\theta)_i\, p_i(a_t)`, with
+    :math:`\log p_i` from :func:`per_document_token_log_probs` (Atlas: at
+    ``temperature_gold``).
 
     Args:
-      scores: ``[batch, docs]``; per_doc_log_probs: ``[batch, docs, tgt_len]`` (no gradient).
+      scores: ``[batch, docs]`` reranker scores.
+      per_doc_log_probs: ``[batch, docs, tgt_len]`` (no gradient).
+      answer_mask: ``[batch, tgt_len]``; candidate_valid: ``[batch, docs]``.
+      theta: Atlas's ``temperature_score``.
+      reduction: "atlas" averages over every answer token of the batch (a question weighs
+        by its answer length); "per_question" over each question's tokens, then questions.
+
+    Returns:
+      scalar float32 loss.
     """
+    _check_reduction(reduction)
     prior = _masked_log_softmax(scores / theta, candidate_valid)[..., None]
     joint = jnp.where(candidate_valid[..., None], prior + per_doc_log_probs,
                       ops.mask_value(scores.dtype))
-    per_token = jax.nn.logsumexp(joint, axis=1)  # [batch, tgt_len]
+    per_token = jnp.where(answer_mask, jax.nn.logsumexp(joint, axis=1), 0.0)  # [b, tgt]
+    if reduction == "atlas":
+        return -per_token.sum() / jnp.maximum(answer_mask.sum(), 1)
     tokens = jnp.maximum(answer_mask.sum(-1), 1)
-    return -(jnp.where(answer_mask, per_token, 0.0).sum(-1) / tokens).mean()
+    return -(per_token.sum(-1) / tokens).mean()
 
 
 def pdist_loss(scores, per_doc_log_probs, answer_mask, candidate_valid, *, theta=0.01,
-               temperature=0.01):
-    """PDist: target ∝ exp(mean-token log p(a | q, d_i) / temperature); KL to the reranker."""
+               temperature_gold=0.01, reduction: Reduction = "atlas"):
+    """PDist (Atlas's ``ppmean``): ``g_i`` = mean over answer tokens of log p(a_t | q, d_i)
+    (passage ``i`` read alone, vocabulary temperature 1); target softmax(g / temperature_gold);
+    KL to softmax(scores / theta). Shapes as :func:`emdr_loss`."""
     tokens = jnp.maximum(answer_mask.sum(-1), 1)[:, None]
     mean_log_prob = jnp.where(answer_mask[:, None], per_doc_log_probs, 0.0).sum(-1) / tokens
-    return _kl_to_reranker(mean_log_prob / temperature, scores, candidate_valid, theta)
+    return _kl_to_reranker(mean_log_prob / temperature_gold, scores, candidate_valid, theta,
+                           reduction)
 
 
 def leave_one_out_losses(reader, memory, answer_ids, answer_mask, candidate_valid):
@@ -170,17 +218,38 @@ def leave_one_out_losses(reader, memory, answer_ids, answer_mask, candidate_vali
     return jax.lax.stop_gradient(jax.lax.map(without, jnp.arange(num_docs)).T)
 
 
-def loop_loss(scores, losses_without, candidate_valid, *, theta=0.01, temperature=0.01):
-    """LOOP: a passage whose removal hurts the answer most gets the most target mass:
-    target ∝ exp(loss_without_i / temperature); KL to the reranker."""
-    return _kl_to_reranker(losses_without / temperature, scores, candidate_valid, theta)
+def loop_loss(scores, losses_without, candidate_valid, *, theta=0.01, temperature_gold=0.01,
+              reduction: Reduction = "atlas"):
+    """LOOP (Atlas's ``loop``): a passage whose removal hurts the answer most gets the most
+    target mass: target softmax(loss_without_i / temperature_gold); KL to the reranker.
+
+    Args:
+      losses_without: ``[batch, docs]`` from :func:`leave_one_out_losses`.
+    """
+    return _kl_to_reranker(losses_without / temperature_gold, scores, candidate_valid, theta,
+                           reduction)
 
 
-def adist_loss(scores, attention_mass, candidate_valid, *, theta=0.01):
-    """ADist: the target is the frozen reader's cross-attention mass per passage (averaged
-    over layers, heads and answer tokens); KL to the reranker."""
-    log_mass = jnp.log(jnp.maximum(attention_mass, jnp.finfo(jnp.float32).tiny))
-    return _kl_to_reranker(log_mass, scores, candidate_valid, theta)
+def adist_loss(scores, attention, candidate_valid, *, theta=0.01, temperature_gold=0.01,
+               adist_signal: AdistSignal = "value_norm_sum", reduction: Reduction = "atlas"):
+    """ADist: KL from a cross-attention target to the reranker.
+
+    Args:
+      scores: ``[batch, docs]``.
+      attention: ``[batch, docs]`` from ``Reader.document_attention`` (no gradient):
+        ``value_weighted=True`` for "value_norm_sum", the plain mass for "attention_mass".
+      adist_signal: "value_norm_sum" is Atlas's ``evalnormsum``: ``g = attention / 256``
+        (Atlas's divisor), target softmax(g / temperature_gold). "attention_mass": the
+        target is the attention mass itself (temperature_gold does not enter).
+    """
+    if adist_signal == "value_norm_sum":
+        target_logits = attention / ATLAS_ATTENTION_DIVISOR / temperature_gold
+    elif adist_signal == "attention_mass":
+        target_logits = jnp.log(jnp.maximum(attention, jnp.finfo(jnp.float32).tiny))
+    else:
+        raise ValueError(f"unknown adist_signal {adist_signal!r}; expected value_norm_sum "
+                         "or attention_mass")
+    return _kl_to_reranker(target_logits, scores, candidate_valid, theta, reduction)
 
 
 def supervised_loss(scores, gold, candidate_valid):

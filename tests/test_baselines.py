@@ -60,11 +60,12 @@ def test_per_document_log_probs_and_emdr_pdist_match_numpy(case):
         prior = special.log_softmax(s[b][real[b]] / theta)
         per_token = special.logsumexp(prior[:, None] + reference[b][real[b]], axis=0)
         expected -= per_token[am[b]].sum() / am[b].sum()
-    emdr = objectives.emdr_loss(scores, per_doc, answer_mask, doc_valid, theta=theta)
+    emdr = objectives.emdr_loss(scores, per_doc, answer_mask, doc_valid, theta=theta,
+                                reduction="per_question")
     np.testing.assert_allclose(emdr, expected / 2, rtol=1e-5)
     mean_log_prob = (reference * am[:, None]).sum(-1) / am.sum(-1)[:, None]
     pdist = objectives.pdist_loss(scores, per_doc, answer_mask, doc_valid, theta=theta,
-                                  temperature=0.1)
+                                  temperature_gold=0.1, reduction="per_question")
     np.testing.assert_allclose(pdist, _np_kl(mean_log_prob / 0.1, s, real, theta), rtol=1e-4)
 
 
@@ -80,12 +81,14 @@ def test_loop_and_adist_match_numpy(case):
             expected = -float(loglik[0]) / float(answer_mask[b].sum())
             np.testing.assert_allclose(losses[b, i], expected, rtol=1e-5)
     s, real = np.asarray(scores, np.float64), np.asarray(doc_valid)
-    loop = objectives.loop_loss(scores, losses, doc_valid, theta=0.5, temperature=0.2)
+    loop = objectives.loop_loss(scores, losses, doc_valid, theta=0.5, temperature_gold=0.2,
+                                reduction="per_question")
     np.testing.assert_allclose(loop, _np_kl(np.asarray(losses) / 0.2, s, real, 0.5), rtol=1e-4)
     mass = np.asarray(reader.document_attention(memory, answers, answer_mask), np.float64)
     np.testing.assert_allclose(mass.sum(-1), 1.0, rtol=1e-5)
     assert (mass[~real] < 1e-20).all()  # a padded passage draws no attention
-    adist = objectives.adist_loss(scores, jnp.asarray(mass, jnp.float32), doc_valid, theta=0.5)
+    adist = objectives.adist_loss(scores, jnp.asarray(mass, jnp.float32), doc_valid, theta=0.5,
+                                  adist_signal="attention_mass", reduction="per_question")
     # ADist's definition: the target is the attention mass itself, renormalised over the
     # real passages: KL(mass || softmax(scores / theta)), mean over questions.
     expected = 0.0

@@ -83,7 +83,8 @@ def padding_bias(key_valid, dtype=jnp.float32):
 
 def document_masked_attention(query, key, value, doc_log_mask, key_valid, *,
                               method: DmaMethod = "bias", implementation: Implementation = None,
-                              scale: float = 1.0, return_doc_weights: bool = False):
+                              scale: float = 1.0, return_doc_weights: bool = False,
+                              weight_by_value_norm: bool = False):
     """Attention over ``docs`` equal-length documents laid end to end, gated per document.
 
     Args:
@@ -96,6 +97,9 @@ def document_masked_attention(query, key, value, doc_log_mask, key_valid, *,
       scale: logit scale.
       return_doc_weights: also return the attention mass per document
         ``[batch, heads, queries, docs]`` (forces the blockwise computation).
+      weight_by_value_norm: the returned document weights sum each key's attention
+        probability times the norm of its value vector (per head) instead: Atlas's
+        ``evalnormsum`` statistic (ADist), not a distribution over documents.
 
     Returns:
       ``[batch, queries, heads, dim]``, and the document weights if asked.
@@ -107,7 +111,8 @@ def document_masked_attention(query, key, value, doc_log_mask, key_valid, *,
     if num_keys % num_docs:
         raise ValueError(f"keys ({num_keys}) must be docs ({num_docs}) x doc_len")
     if method == "blockwise" or return_doc_weights:
-        out, weights = _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale)
+        out, weights = _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale,
+                                            weight_by_value_norm)
         return (out, weights) if return_doc_weights else out
     if method != "bias":
         raise ValueError(f"method must be 'bias' or 'blockwise', got {method!r}")
@@ -117,8 +122,11 @@ def document_masked_attention(query, key, value, doc_log_mask, key_valid, *,
     return dot_attention(query, key, value, bias, scale=scale, implementation=implementation)
 
 
-def _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale):
-    """Per-document softmax, then documents weighted by softmax(lse + log M)."""
+def _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale,
+                         weight_by_value_norm=False):
+    """Per-document softmax, then documents weighted by softmax(lse + log M). The second
+    output is each document's attention mass, or with ``weight_by_value_norm`` the sum over
+    its keys of probability x value norm (float32, padding keys count 0)."""
     batch, num_keys, heads, dim = key.shape
     num_docs = doc_log_mask.shape[-1]
     doc_len = num_keys // num_docs
@@ -137,4 +145,10 @@ def _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale):
     # real document, exactly as its keys would in one softmax over all keys.
     doc_weights = jax.nn.softmax(jnp.maximum(doc_lse + log_mask, neg), axis=-1)
     out = jnp.einsum("bhqn,bhqnd->bqhd", doc_weights.astype(value.dtype), doc_out)
+    if weight_by_value_norm:
+        # A key's probability in the one softmax over all keys is doc weight x within.
+        norms = jnp.linalg.norm(value.astype(accumulate), axis=-1)  # [b, n, l, h]
+        norms = jnp.where(valid.reshape(batch, num_docs, doc_len, 1), norms, 0.0)
+        within = jnp.exp(logits - doc_lse[..., None])
+        return out, doc_weights * jnp.einsum("bhqnl,bnlh->bhqn", within, norms)
     return out, doc_weights

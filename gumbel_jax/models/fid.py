@@ -67,7 +67,8 @@ class FiDReader(nnx.Module):
             states = jax.lax.stop_gradient(states)
         return Memory(states, flat_mask.reshape(batch, docs * length), num_docs=docs)
 
-    def token_log_probs(self, memory: Memory, answer_ids, answer_mask, doc_log_mask=None):
+    def token_log_probs(self, memory: Memory, answer_ids, answer_mask, doc_log_mask=None, *,
+                        temperature: float = 1.0):
         """Teacher-forced log p(answer token | question, passages), ``[batch, tgt_len]``.
 
         Args:
@@ -75,6 +76,8 @@ class FiDReader(nnx.Module):
           answer_ids: ``[batch, tgt_len]`` gold answer tokens (ending with EOS).
           answer_mask: ``[batch, tgt_len]`` boolean, False on padding.
           doc_log_mask: ``[batch, docs]`` log mask (e.g. ``ops.log_relaxed_topk``) or None.
+          temperature: the vocabulary softmax reads ``logits / temperature`` (1: the
+            reader's own distribution; EMDR's ``temperature_gold`` otherwise).
 
         Returns:
           float32 ``[batch, tgt_len]``, 0 on padding.
@@ -82,7 +85,7 @@ class FiDReader(nnx.Module):
         inputs = shift_right(answer_ids, self.config.decoder_start_token_id)
         logits = self.t5.decode(inputs, memory.states, memory.valid, doc_log_mask,
                                 method=self.method)
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
         picked = jnp.take_along_axis(log_probs, answer_ids[..., None], axis=-1)[..., 0]
         return jnp.where(answer_mask, picked, 0.0)
 
@@ -92,14 +95,18 @@ class FiDReader(nnx.Module):
         memory = self.encode(input_ids, attention_mask)
         return self.token_log_probs(memory, answer_ids, answer_mask, doc_log_mask).sum(-1)
 
-    def document_attention(self, memory: Memory, answer_ids, answer_mask, doc_log_mask=None):
+    def document_attention(self, memory: Memory, answer_ids, answer_mask, doc_log_mask=None,
+                           *, value_weighted: bool = False):
         """Cross-attention mass on each document, averaged over layers, heads and answer
-        tokens: ``[batch, docs]``, rows summing to 1 (the ADist signal)."""
+        tokens: ``[batch, docs]``, rows summing to 1. With ``value_weighted`` each key's
+        probability is first multiplied by the norm of its value vector (per head), as
+        Atlas's ``evalnormsum`` (ADist) aggregates it; rows then no longer sum to 1."""
         inputs = shift_right(answer_ids, self.config.decoder_start_token_id)
         _, weights = self.t5.decode_hidden(inputs, memory.states, memory.valid,
                                            memory.full_log_mask() if doc_log_mask is None
                                            else doc_log_mask,
-                                           method="blockwise", return_doc_weights=True)
+                                           method="blockwise", return_doc_weights=True,
+                                           weight_by_value_norm=value_weighted)
         # weights: [layers, batch, heads, tgt_len, docs]
         per_token = weights.mean(axis=(0, 2))
         mask = answer_mask.astype(jnp.float32)[..., None]

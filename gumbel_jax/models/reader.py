@@ -71,17 +71,23 @@ class Reader(Protocol):
         ...
 
     def token_log_probs(self, memory: Memory, answer_ids: jax.Array, answer_mask: jax.Array,
-                        doc_log_mask: jax.Array | None = None) -> jax.Array:
+                        doc_log_mask: jax.Array | None = None, *,
+                        temperature: float = 1.0) -> jax.Array:
         """Teacher-forced ``log p(answer_t | question, passages)``: float32 ``[batch,
         tgt_len]``, 0 on padding. Differentiable in ``doc_log_mask`` (G-Rerank's gradient
-        path); ``None`` reads every document fully."""
+        path); ``None`` reads every document fully. ``temperature`` divides the vocabulary
+        logits before the softmax (EMDR's ``temperature_gold``, as Atlas applies it)."""
         ...
 
     def document_attention(self, memory: Memory, answer_ids: jax.Array,
                            answer_mask: jax.Array,
-                           doc_log_mask: jax.Array | None = None) -> jax.Array:
-        """Cross-attention statistics per document, ``[batch, docs]``, rows summing to 1: the
-        attention mass averaged over layers, heads and answer tokens (ADist's signal)."""
+                           doc_log_mask: jax.Array | None = None, *,
+                           value_weighted: bool = False) -> jax.Array:
+        """Cross-attention statistics per document, ``[batch, docs]``: the attention mass
+        averaged over layers, heads and answer tokens (rows summing to 1); with
+        ``value_weighted`` each key's probability times the norm of its value vector,
+        summed over the document's keys and averaged the same way (Atlas's ADist signal,
+        ``evalnormsum``, before its constant divisor)."""
         ...
 
     def generate(self, memory: Memory, doc_log_mask: jax.Array | None = None, *,

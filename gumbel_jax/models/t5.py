@@ -137,12 +137,13 @@ class T5Attention(nnx.Module):
                                          implementation=self.implementation))
 
     def cross(self, x, memory, doc_log_mask, memory_valid, *, method,
-              return_doc_weights=False):
+              return_doc_weights=False, weight_by_value_norm=False):
         """Cross-attention to the encoder output with the per-document log mask."""
         q, k, v = self._split(self.q(x)), self._split(self.k(memory)), self._split(self.v(memory))
         out = document_masked_attention(q, k, v, doc_log_mask, memory_valid, method=method,
                                         implementation=self.implementation, scale=1.0,
-                                        return_doc_weights=return_doc_weights)
+                                        return_doc_weights=return_doc_weights,
+                                        weight_by_value_norm=weight_by_value_norm)
         if return_doc_weights:
             return self._merge(out[0]), out[1]
         return self._merge(out), None
@@ -371,7 +372,8 @@ class T5EncoderDecoder(nnx.Module):
         return self.encoder(self.shared(input_ids), bias)
 
     def decode_hidden(self, decoder_input_ids, memory, memory_valid, doc_log_mask=None, *,
-                      method: DmaMethod = "bias", return_doc_weights: bool = False):
+                      method: DmaMethod = "bias", return_doc_weights: bool = False,
+                      weight_by_value_norm: bool = False):
         """Decoder output states ``[batch, tgt_len, d_model]`` (and document weights if asked).
 
         Args:
@@ -383,12 +385,16 @@ class T5EncoderDecoder(nnx.Module):
             ``"blockwise"`` (see ``attention``).
           return_doc_weights: also return the cross-attention mass per document,
             ``[layers, batch, heads, tgt_len, docs]``.
+          weight_by_value_norm: those weights multiply each key's probability by the norm
+            of its value vector (``attention.document_masked_attention``).
         """
         length = decoder_input_ids.shape[-1]
         causal = jnp.tril(jnp.ones((length, length), bool))
         position = self.decoder.position_bias(length, length)
         self_bias = position + jnp.where(causal, 0.0, mask_value(position.dtype))[None, None]
         options = {"method": method, "return_doc_weights": return_doc_weights}
+        if weight_by_value_norm:
+            options["weight_by_value_norm"] = True
         cross = (memory, doc_log_mask, memory_valid, options)
         return self.decoder(self.shared(decoder_input_ids), self_bias, cross,
                             collect_doc_weights=return_doc_weights)

@@ -13,9 +13,10 @@ import typing
 from typing import Literal
 
 from gumbel_jax.data.synthetic import WorldConfig
+from gumbel_jax.metrics import ranking_cutoffs
 from gumbel_jax.models.attention import DmaMethod
 from gumbel_jax.models.rankt5 import RANKT5_SCORE_TOKEN_ID
-from gumbel_jax.objectives import Relaxation
+from gumbel_jax.objectives import AdistSignal, Reduction, Relaxation
 
 ObjectiveName = Literal["g_rerank", "emdr", "pdist", "loop", "adist", "supervised"]
 # The objectives, in the order tables and the demo show them; training.step.OBJECTIVE_LOSSES
@@ -43,8 +44,16 @@ class ObjectiveConfig:
     kappa: float = 1.0  # score scale
     num_samples: int = 1  # Gumbel draws per question, sharing one encoder pass
     relaxation: Relaxation = "l2x"  # the paper's; the others are ablations
-    theta: float = 0.01  # reranker softmax temperature of the baselines (Atlas default)
-    temperature: float = 0.01  # baselines' target temperature (Atlas's T_gold)
+    # The baselines (EMDR, PDist, LOOP, ADist) follow Atlas by default; docs/baselines.md.
+    theta: float = 0.01  # Atlas's temperature_score: softmax(scores / theta) (its default)
+    # Atlas's temperature_gold (its default): the target softmax(g / T) of PDist, LOOP and
+    # ADist, and EMDR's vocabulary softmax(reader logits / T). Spelt "temperature" before.
+    temperature_gold: float = 0.01
+    reduction: Reduction = "atlas"  # Atlas's loss reductions, or "per_question"
+    adist_signal: AdistSignal = "value_norm_sum"  # Atlas's evalnormsum, or "attention_mass"
+
+    # Earlier spellings still read from command lines and saved experiment.json files.
+    renamed: typing.ClassVar[dict[str, str]] = {"temperature": "temperature_gold"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +86,14 @@ class TrainConfig:
     best_metric: str = ""
 
     def eval_metric_names(self) -> tuple[str, ...]:
-        """The metrics a held-out evaluation reports (``training.evaluation.evaluate``)."""
-        k = self.objective.k
-        ranking = (f"recall@{k}", f"ndcg@{k}", "mrr", f"indirect_recall@{k}",
-                   f"indirect_ndcg@{k}", "indirect_mrr")
+        """The metrics a held-out evaluation reports (``training.evaluation.evaluate``), in
+        its order, at ``metrics.ranking_cutoffs(k)``; on data without gold passages (NQ,
+        TriviaQA) the gold ones are absent and ``answer_recall@c`` ranks."""
+        cutoffs = ranking_cutoffs(self.objective.k)
+        ranking = tuple(name for prefix in ("", "indirect_") for name in (
+            *(f"{prefix}recall@{c}" for c in cutoffs), *(f"{prefix}ndcg@{c}" for c in cutoffs),
+            f"{prefix}mrr"))
+        ranking += tuple(f"answer_recall@{c}" for c in cutoffs)
         return ranking + (("em", "f1") if self.eval_answers else ())
 
 
@@ -185,6 +198,8 @@ def from_dict(cls, raw: dict):
     keys the class does not know are an error naming them."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
+    renamed = getattr(cls, "renamed", {})
+    raw = {renamed.get(name, name): value for name, value in raw.items()}
     unknown = set(raw) - fields
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
@@ -231,12 +246,23 @@ def apply_overrides(config, assignments: list[str]):
         if "=" not in assignment:
             raise ValueError(f"override {assignment!r} is not of the form key=value")
         key, text = assignment.split("=", 1)
+        key = _current_spelling(config, key)
         if key not in valid:
             raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
         value = _parse(text, valid[key], key)
         *path, leaf = key.split(".")
         config = _replace_path(config, path, leaf, value)
     return config
+
+
+def _current_spelling(config, key: str) -> str:
+    """``train.objective.temperature`` -> ``train.objective.temperature_gold`` (a class's
+    ``renamed`` table); other keys unchanged."""
+    *path, leaf = key.split(".")
+    for name in path:
+        config = getattr(config, name, None)
+    renamed = getattr(type(config), "renamed", {})
+    return ".".join([*path, renamed[leaf]]) if leaf in renamed else key
 
 
 def _replace_path(config, path, leaf, value):
@@ -266,7 +292,7 @@ def validate(config: TrainConfig, *, num_candidates: int) -> None:
     if not 1 <= objective.k <= num_candidates:
         raise ValueError(f"objective.k={objective.k} must be in [1, {num_candidates}] (the "
                          "number of candidates)")
-    for name in ("tau", "kappa", "theta", "temperature"):
+    for name in ("tau", "kappa", "theta", "temperature_gold"):
         if getattr(objective, name) <= 0:
             raise ValueError(f"objective.{name} must be > 0")
     if objective.num_samples < 1:

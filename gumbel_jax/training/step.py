@@ -54,21 +54,25 @@ def _g_rerank(config: ObjectiveConfig, scores, reader, batch, step_key):
                                     relaxation=config.relaxation)
 
 
-def _per_document(reader, batch):
+def _per_document(reader, batch, temperature_gold=1.0):
     memory = reader.encode(batch.reader_ids, batch.reader_mask)
     return objectives.per_document_token_log_probs(reader, memory, batch.answer_ids,
-                                                   batch.answer_mask)
+                                                   batch.answer_mask,
+                                                   temperature_gold=temperature_gold)
 
 
 def _emdr(config: ObjectiveConfig, scores, reader, batch, step_key):
-    return objectives.emdr_loss(scores, _per_document(reader, batch), batch.answer_mask,
-                                batch.doc_valid, theta=config.theta)
+    # Atlas's EMDR reads the reader's logits at temperature_gold; PDist at temperature 1.
+    per_doc = _per_document(reader, batch, config.temperature_gold)
+    return objectives.emdr_loss(scores, per_doc, batch.answer_mask, batch.doc_valid,
+                                theta=config.theta, reduction=config.reduction)
 
 
 def _pdist(config: ObjectiveConfig, scores, reader, batch, step_key):
     return objectives.pdist_loss(scores, _per_document(reader, batch), batch.answer_mask,
                                  batch.doc_valid, theta=config.theta,
-                                 temperature=config.temperature)
+                                 temperature_gold=config.temperature_gold,
+                                 reduction=config.reduction)
 
 
 def _loop(config: ObjectiveConfig, scores, reader, batch, step_key):
@@ -76,14 +80,18 @@ def _loop(config: ObjectiveConfig, scores, reader, batch, step_key):
     losses = objectives.leave_one_out_losses(reader, memory, batch.answer_ids,
                                              batch.answer_mask, batch.doc_valid)
     return objectives.loop_loss(scores, losses, batch.doc_valid, theta=config.theta,
-                                temperature=config.temperature)
+                                temperature_gold=config.temperature_gold,
+                                reduction=config.reduction)
 
 
 def _adist(config: ObjectiveConfig, scores, reader, batch, step_key):
     memory = reader.encode(batch.reader_ids, batch.reader_mask)
-    mass = reader.document_attention(memory, batch.answer_ids, batch.answer_mask)
-    return objectives.adist_loss(scores, jax.lax.stop_gradient(mass), batch.doc_valid,
-                                 theta=config.theta)
+    attention = reader.document_attention(
+        memory, batch.answer_ids, batch.answer_mask,
+        value_weighted=config.adist_signal == "value_norm_sum")
+    return objectives.adist_loss(scores, jax.lax.stop_gradient(attention), batch.doc_valid,
+                                 theta=config.theta, temperature_gold=config.temperature_gold,
+                                 adist_signal=config.adist_signal, reduction=config.reduction)
 
 
 OBJECTIVE_LOSSES = {"g_rerank": _g_rerank, "emdr": _emdr, "pdist": _pdist, "loop": _loop,

@@ -34,18 +34,21 @@ class StubReader:
         per_doc = jnp.where(valid, states, 0.0).sum(-1) / jnp.maximum(valid.sum(-1), 1)
         return per_doc, valid.any(-1)
 
-    def token_log_probs(self, memory, answer_ids, answer_mask, doc_log_mask=None):
+    def token_log_probs(self, memory, answer_ids, answer_mask, doc_log_mask=None, *,
+                        temperature=1.0):
         relevance, valid = self._relevance(memory)
         log_mask = memory.full_log_mask() if doc_log_mask is None else doc_log_mask
         weights = jax.nn.softmax(jnp.where(valid, 3 * relevance + log_mask, -1e9), axis=-1)
         read = (weights * relevance).sum(-1, keepdims=True)  # [batch, 1]
         position = jnp.arange(answer_ids.shape[-1]) + 1.0
-        log_probs = jax.nn.log_sigmoid(4 * read - answer_ids / VOCAB * position)
+        log_probs = jax.nn.log_sigmoid((4 * read - answer_ids / VOCAB * position) / temperature)
         return jnp.where(answer_mask, log_probs, 0.0)
 
-    def document_attention(self, memory, answer_ids, answer_mask):
+    def document_attention(self, memory, answer_ids, answer_mask, *, value_weighted=False):
         relevance, valid = self._relevance(memory)
-        return jax.nn.softmax(jnp.where(valid, 3 * relevance, -1e9), axis=-1)
+        mass = jax.nn.softmax(jnp.where(valid, 3 * relevance, -1e9), axis=-1)
+        # value norms of the order of a real reader's (Atlas's divisor 256 then matters)
+        return mass * (40.0 + 200.0 * relevance) if value_weighted else mass
 
 
 def stub_ranker(ids, mask):
@@ -86,19 +89,29 @@ def _direct(config: ObjectiveConfig, ranker, reader, batch: Batch, step_key):
                                         candidate_valid=valid, k=config.k, tau=config.tau,
                                         kappa=config.kappa, num_samples=config.num_samples,
                                         relaxation=config.relaxation)
-    if config.name in ("emdr", "pdist"):
+    if config.name == "emdr":
+        per_doc = objectives.per_document_token_log_probs(
+            reader, memory, answers, answer_mask, temperature_gold=config.temperature_gold)
+        return objectives.emdr_loss(scores, per_doc, answer_mask, valid, theta=config.theta,
+                                    reduction=config.reduction)
+    if config.name == "pdist":
         per_doc = objectives.per_document_token_log_probs(reader, memory, answers, answer_mask)
-        if config.name == "emdr":
-            return objectives.emdr_loss(scores, per_doc, answer_mask, valid, theta=config.theta)
         return objectives.pdist_loss(scores, per_doc, answer_mask, valid, theta=config.theta,
-                                     temperature=config.temperature)
+                                     temperature_gold=config.temperature_gold,
+                                     reduction=config.reduction)
     if config.name == "loop":
         losses = objectives.leave_one_out_losses(reader, memory, answers, answer_mask, valid)
         return objectives.loop_loss(scores, losses, valid, theta=config.theta,
-                                    temperature=config.temperature)
+                                    temperature_gold=config.temperature_gold,
+                                    reduction=config.reduction)
     if config.name == "adist":
-        mass = reader.document_attention(memory, answers, answer_mask)
-        return objectives.adist_loss(scores, mass, valid, theta=config.theta)
+        attention = reader.document_attention(
+            memory, answers, answer_mask,
+            value_weighted=config.adist_signal == "value_norm_sum")
+        return objectives.adist_loss(scores, attention, valid, theta=config.theta,
+                                     temperature_gold=config.temperature_gold,
+                                     adist_signal=config.adist_signal,
+                                     reduction=config.reduction)
     return objectives.supervised_loss(scores, batch.gold, valid)
 
 
@@ -107,10 +120,11 @@ VARIANTS = {
     "g_rerank": [{}, {"tau": 0.3}, {"kappa": 2.5}, {"k": 3}, {"num_samples": 3},
                  {"relaxation": "subset"}, {"relaxation": "no_noise"},
                  {"relaxation": "straight_through", "k": 3}],
-    "emdr": [{}, {"theta": 0.7}],
-    "pdist": [{}, {"theta": 0.7}, {"temperature": 0.3}],
-    "loop": [{}, {"theta": 0.7}, {"temperature": 0.3}],
-    "adist": [{}, {"theta": 0.7}],
+    "emdr": [{}, {"theta": 0.7}, {"temperature_gold": 0.3}, {"reduction": "per_question"}],
+    "pdist": [{}, {"theta": 0.7}, {"temperature_gold": 0.3}, {"reduction": "per_question"}],
+    "loop": [{}, {"theta": 0.7}, {"temperature_gold": 0.3}, {"reduction": "per_question"}],
+    "adist": [{}, {"theta": 0.7}, {"temperature_gold": 0.3}, {"reduction": "per_question"},
+              {"adist_signal": "attention_mass"}],
     "supervised": [{}],
 }
 
