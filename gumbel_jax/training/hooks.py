@@ -44,8 +44,10 @@ class TrainContext:
     """What ``loop.train`` tells its hooks before the first step."""
 
     workdir: pathlib.Path
-    ranker_graph: Any  # nnx.split(ranker)[0]: nnx.merge(ranker_graph, state.params) is a ranker
-    reader: Any  # the frozen reader module
+    # The trained model's graph: nnx.merge(ranker_graph, state.params) is the model being
+    # trained (the reranker; the reader itself when a reader trains).
+    ranker_graph: Any
+    reader: Any  # the frozen reader module (None when the reader is what trains)
     log: Callable[[int, dict], None]  # log(step, {"name": value}) -> metrics.jsonl, TensorBoard
 
 

@@ -74,7 +74,9 @@ def restore_latest(manager: ocp.CheckpointManager, state: RankerState, iterator=
 
 
 class RankerState(NamedTuple):
-    """What reranker training threads from step to step (the reader is frozen, not here)."""
+    """What training threads from step to step: the trained model's parameters and optimizer
+    state (the reranker's, whose reader is frozen and not here; or the reader's, when a
+    reader trains)."""
 
     params: Any
     opt_state: Any
@@ -147,41 +149,57 @@ def run_steps(step_fn, state, batches, *, start: int, end: int, base_key, log_ev
 def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
           stop_at: int | None = None, mesh=None, hooks=()) -> dict:
     """Train ``ranker`` (a Flax NNX module, updated in place at the end) against the frozen
-    ``reader`` on batches from ``dataset`` (a grain IterDataset): the shell around
-    :func:`run_steps` (checkpoints, metrics, preemption, placement on a mesh).
+    ``reader`` on batches from ``dataset`` (a grain IterDataset), in :func:`train_model`'s
+    shell (checkpoints, metrics, preemption, placement on a mesh; see there). The hooks see a
+    :class:`RankerState` of the reranker; with a ``mesh`` the frozen reader is placed on it by
+    ``sharding.PARAMETER_RULES`` too. Returns the metrics of the last line written for
+    training steps."""
+    ranker_graph, _ = nnx.split(ranker)
+    reader_graph, reader_state = nnx.split(reader)
+    tx, train_step = _optimizer_and_step(ranker_graph, reader_graph, config.optimizer,
+                                         config.num_steps, config.objective)
+    if mesh is not None:
+        reader_state = sharding.shard_parameters(reader_state, mesh)
+    return train_model(config, model=ranker, tx=tx,
+                       step_fn=ranker_step(train_step, reader_state), dataset=dataset,
+                       workdir=workdir, reader=reader, stop_at=stop_at, mesh=mesh, hooks=hooks)
+
+
+def train_model(config: TrainConfig, *, model, tx, step_fn, dataset, workdir, reader=None,
+                stop_at: int | None = None, mesh=None, hooks=()) -> dict:
+    """The training shell around :func:`run_steps`, for any trained module: ``model`` (its
+    parameters updated in place at the end) trains by ``step_fn(RankerState, batch, key) ->
+    (RankerState, {"loss", ...})`` with the optimizer ``tx`` on batches from ``dataset``.
+    Reranker training (:func:`train`) and reader training (``training.reader``) both run here.
 
     Resumes automatically from the latest complete checkpoint in ``workdir`` (a half-written
     one is ignored by orbax): parameters, optimizer state and the data iterator continue
     exactly, and the per-step keys are ``fold_in(seed key, step)``, so N + N steps equal 2N.
     metrics.jsonl is first cut back to the restored step, so a run killed after its last
     checkpoint logs no step twice. It gets one line per ``config.log_every`` steps (the mean
-    loss and gradient norm over them) and the hooks' lines (``eval/...``); TensorBoard gets the
-    same when installed. ``stop_at`` ends the run after that step with a checkpoint, as a
+    of each metric over them) and the hooks' lines (``eval/...``); TensorBoard gets the same
+    when installed. ``stop_at`` ends the run after that step with a checkpoint, as a
     preemption would. A SIGTERM does the same after the step in flight (``metrics
     ["preempted"]`` is True). ``hooks`` (see ``training.hooks``, e.g. ``held_out_eval_hook``)
     run after the steps they choose, before that step's checkpoint, and see a
-    :class:`RankerState`. With a ``mesh`` (``gumbel_jax.sharding.make_mesh``) batches are split
-    over its (data, fsdp) axes and parameters placed by ``sharding.PARAMETER_RULES``; a restore
-    lands on whatever mesh is given.
+    :class:`RankerState` of ``model``; their context names ``model``'s graph and ``reader``
+    (the frozen reader, or None). With a ``mesh`` (``gumbel_jax.sharding.make_mesh``) batches
+    are split over its (data, fsdp) axes and parameters and optimizer state placed by
+    ``sharding.PARAMETER_RULES``; a restore lands on whatever mesh is given.
     Returns the metrics of the last line written for training steps.
     """
     # orbax needs an absolute checkpoint path; library callers may pass a relative one.
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    ranker_graph, params = nnx.split(ranker)
-    reader_graph, reader_state = nnx.split(reader)
-    tx, train_step = _optimizer_and_step(ranker_graph, reader_graph, config.optimizer,
-                                         config.num_steps, config.objective)
+    graph, params = nnx.split(model)
     iterator = iter(dataset)
     manager = checkpoint_manager(workdir, config.max_to_keep)
     start, state = restore_latest(manager, RankerState(params, tx.init(params)), iterator)
     if mesh is not None:  # shardings from the fresh parameters, which carry the axis names
         state = _place_on_mesh(state, params, tx, mesh)
-        reader_state = sharding.shard_parameters(reader_state, mesh)
     place = (lambda b: sharding.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
     log = _RunLog(workdir, start, config.num_steps)
-    context = TrainContext(workdir=workdir, ranker_graph=ranker_graph, reader=reader,
-                           log=log.write)
+    context = TrainContext(workdir=workdir, ranker_graph=graph, reader=reader, log=log.write)
     saved = [start]
 
     def save(step, state, _=None):
@@ -193,7 +211,7 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
             getattr(hook, "open", lambda _: None)(context)
         with _sigterm_flag() as preempted:
             state, last = run_steps(
-                ranker_step(train_step, reader_state), state, map(place, iterator),
+                step_fn, state, map(place, iterator),
                 start=start, end=config.num_steps, base_key=jax.random.key(config.seed),
                 log_every=config.log_every, on_log=log.train_rows,
                 hooks=[*hooks, Hook(save, every=config.checkpoint_every)],
@@ -210,7 +228,7 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
             getattr(hook, "close", lambda: None)()
         log.close()
         manager.close()
-    nnx.update(ranker, state.params)
+    nnx.update(model, state.params)
     return log.last
 
 
