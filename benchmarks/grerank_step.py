@@ -4,8 +4,11 @@
     python -m benchmarks.grerank_step --size tiny              # CPU smoke run
     python -m benchmarks.grerank_step --size paper --objective loop   # a baseline's step
 
-Reports step time, questions/s, peak device memory, FLOPs the gradient needs and model-FLOPs
-utilisation against the device's measured bf16 matrix-product throughput. With
+Reports step time (median, min, max of ``--steps`` steps after warm-up, and the mean step of
+a loop without per-step host sync), questions/s, real (non-padding) passage tokens/s and
+passages/s, peak device memory, FLOPs the gradient needs and model-FLOPs utilisation against
+the device's datasheet bf16 peak (and its measured matmul rate with ``--measure_peak``);
+``--profile DIR`` adds the top device ops by time from a jax.profiler trace. With
 ``--objective`` a baseline (EMDR, PDist, LOOP, ADist) is timed on the same models and batch;
 its FLOPs are not counted (step time, throughput and memory only). Every objective runs the
 trainer's own jitted step (``gumbel_jax.training.step.make_train_step``).
@@ -39,6 +42,8 @@ def make_step(args, *, abstract: bool = False):
     config = model_config(args)
     reader, ranker = build_models(config, vocab_size=common.TINY_VOCAB, seed=0,
                                   abstract=abstract)
+    if getattr(args, "no_fold", False) and hasattr(ranker, "fold_cross_attention"):
+        ranker.fold_cross_attention = False  # the lever's "before": the general decoder
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     batch = common.synthetic_batch(np.random.default_rng(0), shape, common.TINY_VOCAB
                                    if config.reader == "tiny" else 32128)
@@ -74,11 +79,18 @@ def run(args) -> dict:
     report = {
         "benchmark": "grerank_step", "size": args.size, "shape": vars(shape),
         "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention",
-                                                  "remat", "num_samples")},
+                                                  "remat", "num_samples", "no_fold")},
         "device": common.device_description(), **timing,
         "questions_per_s": args.batch / timing["step_s_median"],
+        **common.throughput(common.real_work(jax.device_get(batch)),
+                            timing["step_s_median"]),
         "peak_memory_bytes": common.peak_memory_bytes(), "final_loss": loss,
     }
+    if args.profile:
+        from benchmarks import trace_summary
+
+        report["profile"] = trace_summary.profile_summary(one_step, args.profile,
+                                                          calls=args.profile_steps)
     if args.objective == "g_rerank":
         flops = common.grerank_step_flops(reader_cfg, ranker_cfg, shape,
                                           num_samples=args.num_samples)
@@ -116,6 +128,13 @@ def parser() -> argparse.ArgumentParser:
                         "(beside the datasheet figure)")
     p.add_argument("--count_kernels", action="store_true",
                    help="count the cuDNN attention calls in the lowered step (GPU)")
+    p.add_argument("--no_fold", action="store_true",
+                   help="run RankT5's general decoder instead of the folded one-query "
+                        "cross-attention (the lever's before)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="also record a jax.profiler trace of --profile_steps steps in DIR and "
+                        "put the top device ops by time in the report")
+    p.add_argument("--profile_steps", type=int, default=3)
     p.add_argument("--out", default=None, help="JSON report path")
     return p
 

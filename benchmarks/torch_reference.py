@@ -1,13 +1,21 @@
 """Benchmark 2: the same G-Rerank step written with transformers' PyTorch T5, as a careful
-PyTorch user would: passages encoded one by one under no_grad, the document bias added to
-the decoder's cross-attention as a 4-D additive mask, a fused AdamW, bfloat16 autocast.
+PyTorch user would write it:
+
+* the frozen reader in bfloat16, its encoder under ``no_grad`` with SDPA (PyTorch's fused
+  attention); only the reader decoder keeps eager attention, because its cross-attention
+  needs the gradient of the document mask and PyTorch's fused kernels cannot return it;
+* the reranker in bfloat16 (a bfloat16 residual stream, as ours) with float32 master weights
+  updated by a fused AdamW, SDPA attention;
+* ``gelu_pytorch_tanh`` (PyTorch's fused tanh GELU) instead of transformers' Python
+  ``gelu_new`` (the same function);
+* eager and ``torch.compile`` (its compile time reported).
 
     python -m benchmarks.torch_reference --size paper --batch 16 --out runs/bench/torch.json
     python -m benchmarks.torch_reference --check   # same weights, same noise: loss vs ours
 
-The reader uses eager attention: SDPA's fused backward fails when the cross-attention mask
-needs a gradient. ``--check`` first proves both frameworks compute the same loss and the
-same gradient with respect to the reranker scores on shared weights.
+``--check`` first proves both frameworks compute the same loss and the same gradient with
+respect to the reranker scores on shared float32 weights (the same attention and activation
+code paths as the timed run). An out-of-memory step is recorded in the report, not raised.
 """
 
 from __future__ import annotations
@@ -32,30 +40,70 @@ def _hf_config(config, transformers, attn_implementation):
         relative_attention_max_distance=config.relative_attention_max_distance,
         feed_forward_proj=config.feed_forward_proj, dropout_rate=0.0,
         tie_word_embeddings=config.tie_word_embeddings, decoder_start_token_id=0)
+    if hf.dense_act_fn == "gelu_new":
+        # The same tanh GELU, as one fused PyTorch kernel instead of a chain of Python ops.
+        hf.dense_act_fn = "gelu_pytorch_tanh"
     hf._attn_implementation = attn_implementation
     return hf
 
 
-class TorchGRerank:
-    """Reader (frozen) + RankT5 reranker + AdamW in PyTorch."""
+def _reader(config, transformers, *, device, dtype):
+    """The frozen reader: SDPA in the encoder (forward only), eager attention in the decoder,
+    whose cross-attention must return the document mask's gradient (SDPA's fused kernels
+    cannot). transformers gives the encoder and decoder stacks their own config copies, so
+    the two can differ."""
+    model = transformers.T5ForConditionalGeneration(_hf_config(config, transformers, "eager"))
+    model.encoder.config._attn_implementation = "sdpa"
+    return model.to(device, dtype).eval().requires_grad_(False)
 
-    def __init__(self, reader_cfg, ranker_cfg, *, device, reader_dtype, score_token, k,
+
+class MasterWeights:
+    """A module computing in ``dtype`` whose float32 master copy a fused AdamW updates (the
+    usual bf16 mixed-precision recipe: bf16 activations and residual stream, fp32 update)."""
+
+    def __init__(self, module, *, dtype, fused: bool, lr: float = 1e-5):
+        import torch
+
+        self.torch = torch
+        self.master = [p.detach().float().clone() for p in module.parameters()]
+        self.module = module.to(dtype)
+        self.params = list(module.parameters())
+        self.separate = dtype != torch.float32
+        self.optimizer = torch.optim.AdamW(self.master if self.separate else self.params,
+                                           lr=lr, fused=fused)
+
+    def step(self):
+        torch = self.torch
+        if self.separate:
+            for master, param in zip(self.master, self.params, strict=True):
+                master.grad = param.grad.float()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.separate:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, self.master)
+            for param in self.params:
+                param.grad = None
+
+
+class TorchGRerank:
+    """Reader (frozen) + RankT5 reranker + AdamW in PyTorch; ``dtype`` is the compute dtype of
+    both models (bfloat16 timed, float32 for the consistency check)."""
+
+    def __init__(self, reader_cfg, ranker_cfg, *, device, dtype, score_token, k,
                  tau=0.5, kappa=1.0, seed=0):
         import torch
         import transformers
 
         torch.manual_seed(seed)
         self.torch, self.device, self.k, self.tau, self.kappa = torch, device, k, tau, kappa
-        self.reader = transformers.T5ForConditionalGeneration(
-            _hf_config(reader_cfg, transformers, "eager")).to(device, reader_dtype).eval()
-        self.reader.requires_grad_(False)
+        self.reader = _reader(reader_cfg, transformers, device=device, dtype=dtype)
         self.ranker = transformers.T5ForConditionalGeneration(
             _hf_config(ranker_cfg, transformers, "sdpa")).to(device).train()
+        self.weights = MasterWeights(self.ranker, dtype=dtype, fused=device == "cuda")
         self.ranker_scale = ranker_cfg.d_model**-0.5 if ranker_cfg.tie_word_embeddings else 1.0
         self.score_token = score_token
-        self.reader_dtype = reader_dtype
-        self.optimizer = torch.optim.AdamW(self.ranker.parameters(), lr=1e-5,
-                                           fused=device == "cuda")
+        self.reader_dtype = dtype
 
     def scores(self, ids, mask):
         torch = self.torch
@@ -80,9 +128,7 @@ class TorchGRerank:
         torch = self.torch
         ids, mask = batch["reader_ids"], batch["reader_mask"]
         b, d, length = ids.shape
-        with torch.autocast(self.device, dtype=torch.bfloat16,
-                            enabled=self.reader_dtype == torch.bfloat16):
-            scores = self.scores(batch["ranker_ids"], batch["ranker_mask"])
+        scores = self.scores(batch["ranker_ids"], batch["ranker_mask"])
         with torch.no_grad():
             memory = self.reader.encoder(input_ids=ids.view(b * d, length),
                                          attention_mask=mask.view(b * d, length))[0]
@@ -105,8 +151,7 @@ class TorchGRerank:
     def step(self, batch, noise):
         loss, _ = self.loss(batch, noise)
         loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.weights.step()
         return loss.detach()
 
 
@@ -143,7 +188,7 @@ def _consistency_check(device: str) -> dict:
     reader_cfg, ranker_cfg = model_architectures(
         common.model_config("tiny", dtype="float32"), common.TINY_VOCAB)
     shape = common.Shape(batch=3, docs=6, doc_len=12, answer_len=5, k=3)
-    ref = TorchGRerank(reader_cfg, ranker_cfg, device=device, reader_dtype=torch.float32,
+    ref = TorchGRerank(reader_cfg, ranker_cfg, device=device, dtype=torch.float32,
                        score_token=7, k=shape.k)
     ref.ranker.eval()
     batch = common.synthetic_batch(np.random.default_rng(1), shape, reader_cfg.vocab_size)
@@ -187,7 +232,11 @@ def run(args) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {"benchmark": "torch_reference", "torch": torch.__version__, "device": device,
-              "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+              "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "setup": {"reader": "bfloat16, encoder SDPA under no_grad, decoder eager",
+                        "reranker": "bfloat16 weights and residual stream, SDPA, float32 "
+                                    "master weights, fused AdamW (on CUDA)",
+                        "activation": "gelu_pytorch_tanh"}}
     if args.check:
         report["consistency"] = consistency_check(device)
     paper = args.size == "paper"
@@ -198,7 +247,7 @@ def run(args) -> dict:
                                                  common.TINY_VOCAB)
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     report["shape"] = dataclasses.asdict(shape)
-    model = TorchGRerank(reader_cfg, ranker_cfg, device=device, reader_dtype=torch.bfloat16,
+    model = TorchGRerank(reader_cfg, ranker_cfg, device=device, dtype=torch.bfloat16,
                          score_token=RANKT5_SCORE_TOKEN_ID if paper else 7, k=args.k)
     batch = _to_torch(common.synthetic_batch(np.random.default_rng(0), shape,
                                              reader_cfg.vocab_size), torch, device)
@@ -213,12 +262,24 @@ def run(args) -> dict:
         step = model.step if mode == "eager" else torch.compile(model.step)
         report[mode] = _time_torch(torch, device, lambda step=step: step(batch, noise()), args,
                                    flops)
+        if mode == "compile" and "first_call_s" in report[mode]:
+            # The first call traces and compiles; the compile time is what it costs beyond
+            # an ordinary step.
+            report[mode]["compile_s"] = (report[mode]["first_call_s"]
+                                         - report[mode]["step_s_median"])
+        peak = common.datasheet_peak_tflops(report["device_name"])
+        if peak and "achieved_tflops" in report[mode]:
+            report[mode]["mfu_datasheet"] = report[mode]["achieved_tflops"] / peak
     return report
 
 
 def _time_torch(torch, device, fn, args, flops) -> dict:
+    """Median, min and max seconds per step after warm-up (each step synchronised). A step
+    that fails (out of memory, a compiler error) is recorded as ``error``, not raised, so one
+    attempt cannot lose the rest of a run."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
         start = time.perf_counter()
@@ -234,10 +295,17 @@ def _time_torch(torch, device, fn, args, flops) -> dict:
             fn()
             sync()
             times.append(time.perf_counter() - start)
-    except torch.OutOfMemoryError as error:
-        return {"error": f"out of memory: {str(error).splitlines()[0]}"}
+    except Exception as error:  # noqa: BLE001 - recorded in the report, see the docstring
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        kind = "out of memory" if isinstance(error, torch.OutOfMemoryError) else (
+            type(error).__name__)
+        out = {"error": f"{kind}: {message}"}
+        if device == "cuda":
+            out["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        return out
     median = float(np.median(times))
     out = {"first_call_s": first, "step_s_median": median, "step_s_min": float(min(times)),
+           "step_s_max": float(max(times)), "steps": len(times),
            "questions_per_s": args.batch / median, "achieved_tflops": flops / median / 1e12}
     if device == "cuda":
         out["peak_memory_bytes"] = torch.cuda.max_memory_allocated()

@@ -186,6 +186,9 @@ class ReaderExperimentConfig:
         default_factory=lambda: TrainConfig(best_metric="em", eval_every=100))
     num_slots: int = 0
     drop_indirect: float = 0.0
+    # The Hugging Face folder the trained reader is exported to ("": <workdir>/export). A
+    # name without "/" in the paper grid is a folder in --models_dir (paper.resolve_paths).
+    export_dir: str = ""
 
 
 def from_dict(cls, raw: dict):

@@ -1,5 +1,6 @@
 """Every benchmark runs end to end at tiny size on CPU and writes its JSON report."""
 
+import dataclasses
 import json
 import math
 
@@ -71,3 +72,37 @@ def test_flop_count_matches_a_hand_count():
     config = T5Config(d_model=8, d_kv=2, num_heads=2, d_ff=16, num_layers=1)
     per_token = 2 * (4 * 8 * 4 + 2 * 8 * 16) + 4 * 5 * 4
     assert common._stack_flops(config, tokens=10, seq_len=5, layers=1) == 10 * per_token
+
+
+def test_torch_reference_is_the_fair_setup():
+    """The PyTorch peer: SDPA in the frozen reader's encoder, eager attention only in its
+    decoder (the mask gradient), PyTorch's fused tanh GELU, and bf16 weights with float32
+    master weights that the optimizer updates and copies back."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from benchmarks import torch_reference
+    from gumbel_jax.training.factory import model_architectures
+
+    reader_cfg, ranker_cfg = model_architectures(common.model_config("tiny", dtype="float32"),
+                                                 common.TINY_VOCAB)
+    reader = torch_reference._reader(reader_cfg, transformers, device="cpu",
+                                     dtype=torch.bfloat16)
+    encoder_attention = reader.encoder.block[0].layer[0].SelfAttention
+    cross_attention = reader.decoder.block[0].layer[1].EncDecAttention
+    assert encoder_attention.config._attn_implementation == "sdpa"
+    assert cross_attention.config._attn_implementation == "eager"
+    assert not any(p.requires_grad for p in reader.parameters())
+    gated = transformers.T5Config(feed_forward_proj="gated-gelu")
+    hf = torch_reference._hf_config(
+        dataclasses.replace(ranker_cfg, feed_forward_proj="gated-gelu"), transformers, "sdpa")
+    assert gated.dense_act_fn == "gelu_new" and hf.dense_act_fn == "gelu_pytorch_tanh"
+
+    module = torch.nn.Linear(4, 3)
+    weights = torch_reference.MasterWeights(module, dtype=torch.bfloat16, fused=False, lr=0.1)
+    assert module.weight.dtype == torch.bfloat16 and weights.master[0].dtype == torch.float32
+    before = weights.master[0].clone()
+    module(torch.ones(2, 4, dtype=torch.bfloat16)).sum().backward()
+    weights.step()
+    assert not torch.equal(weights.master[0], before)  # the float32 copy moved
+    assert torch.equal(module.weight, weights.master[0].to(torch.bfloat16))
+    assert module.weight.grad is None
