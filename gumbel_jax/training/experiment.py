@@ -19,7 +19,13 @@ from gumbel_jax.data.pipeline import FeatureSpec, Featurizer, as_record, make_da
 from gumbel_jax.data.synthetic import make_records
 from gumbel_jax.data.templates import cross_encoder_pair
 from gumbel_jax.data.tokenizer import word_level_tokenizer
-from gumbel_jax.training.config import DataConfig, ExperimentConfig, from_dict, validate
+from gumbel_jax.training.config import (
+    DataConfig,
+    ExperimentConfig,
+    ReaderExperimentConfig,
+    from_dict,
+    validate,
+)
 from gumbel_jax.training.evaluation import evaluate, write_evaluation
 from gumbel_jax.training.factory import build_models, validate_model
 from gumbel_jax.training.hooks import held_out_eval_hook, load_best
@@ -27,7 +33,9 @@ from gumbel_jax.training.loop import RankerState, checkpoint_manager, restore_la
 from gumbel_jax.training.step import make_optimizer
 
 
-def _records(config: DataConfig):
+def load_records(config: DataConfig):
+    """(train source, held-out records) of a data config: the synthetic world, or a dataset
+    prepared by ``experiments.prepare_data`` (a missing one is an error naming the command)."""
     if config.source == "synthetic":
         return (make_records(config.world, config.num_train, split_seed=0, prefix="train"),
                 make_records(config.world, config.num_eval, split_seed=1, prefix="eval"))
@@ -35,6 +43,12 @@ def _records(config: DataConfig):
         import tensorflow_datasets as tfds  # imported on use: slow to import
 
         name = config.source.removeprefix("tfds:")
+        prepared = pathlib.Path(config.data_dir or tfds.core.constants.DATA_DIR) / name
+        if not prepared.is_dir():
+            raise FileNotFoundError(
+                f"data.source={config.source!r}: not prepared in {prepared.parent} (run python "
+                "-m experiments.prepare_data --dataset ... --data_dir DIR first, and pass "
+                "--data_dir DIR / --set data.data_dir=DIR; see docs/data.md)")
         train = tfds.data_source(name, split=config.train_split, data_dir=config.data_dir)
         evaluation = tfds.data_source(name, split=config.eval_split, data_dir=config.data_dir)
         count = min(len(evaluation), config.num_eval)
@@ -71,7 +85,7 @@ def build(config: ExperimentConfig):
     """(reader, ranker, train_source, eval_records, featurize) for a config."""
     validate(config.train, num_candidates=config.data.num_candidates)
     validate_model(config.model)
-    train_records, eval_records = _records(config.data)
+    train_records, eval_records = load_records(config.data)
     reader_tokenizer, ranker_tokenizer = _tokenizers(config, train_records, eval_records)
     featurize = _featurizer(config, reader_tokenizer, ranker_tokenizer)
     reader, ranker = build_models(config.model, vocab_size=len(reader_tokenizer),
@@ -109,8 +123,15 @@ def _hooks(config: ExperimentConfig, eval_records, featurize) -> list:
         max_answer_length=config.data.answer_length, num_beams=config.model.num_beams)]
 
 
-def run_training(config: ExperimentConfig, workdir, *, mesh=None) -> dict:
-    """Train, then evaluate on the held-out questions (and mine training questions)."""
+def run_training(config: ExperimentConfig | ReaderExperimentConfig, workdir, *,
+                 mesh=None) -> dict:
+    """Train, then evaluate on the held-out questions (and mine training questions). A
+    ``ReaderExperimentConfig`` trains its reader instead (``training.reader``), so the paper
+    grid runs its readers stage through the same call."""
+    if isinstance(config, ReaderExperimentConfig):
+        from gumbel_jax.training.reader import run_reader_training
+
+        return run_reader_training(config, workdir, mesh=mesh)
     workdir = pathlib.Path(workdir)
     processes = jax.process_count()
     if config.data.batch_size % processes:

@@ -142,6 +142,28 @@ def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: in
     return reader, ranker
 
 
+def build_trainable_reader(config: ModelConfig, *, vocab_size: int | None = None,
+                           seed: int = 0) -> FiDReader:
+    """The reader that reader training starts from (``training.reader``): "tiny" (random,
+    sized by ``d_model / num_layers / num_heads``), random weights of
+    ``reader_architecture`` (``reader_init="random"``), or a checkpoint by folder or hub name
+    (google-t5/t5-large, google/t5-v1_1-large, google/flan-t5-large, FiD's released readers,
+    a reader exported here). Unlike the frozen reader of :func:`build_models` it keeps
+    float32 parameters (``model.dtype`` is its compute dtype), its encoder gets gradients and
+    ``model.remat`` rematerialises its layers. An unknown checkpoint is a
+    ``CheckpointError`` (a ``ValueError``) naming it."""
+    check_choices(config, "model.")
+    options = {**compute_options(config), "remat": config.remat}
+    if config.reader == "tiny" or config.reader_init == "random":
+        architecture = (tiny_architectures(config, vocab_size)[0] if config.reader == "tiny"
+                        else preset_architecture(config, "reader"))
+        return FiDReader.random(dataclasses.replace(architecture, **options), seed=seed,
+                                method=config.dma, frozen=False)
+    from gumbel_jax.checkpoints import load_fid_reader
+
+    return load_fid_reader(config.reader, method=config.dma, frozen=False, **options)
+
+
 def validate_model(config: ModelConfig) -> None:
     """Model settings that cannot work, named."""
     check_choices(config, "model.")

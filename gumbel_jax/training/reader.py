@@ -1,12 +1,18 @@
-"""Training a Fusion-in-Decoder reader (the demo trains its own; the paper starts from a
-trained FiD checkpoint). The reader learns p(answer | question, passages) by teacher forcing
-on subsets of each question's candidates that contain every gold passage, so it learns to
-read them among distractors; afterwards it is frozen and only the reranker trains.
+"""Training a Fusion-in-Decoder reader: the readers the paper's tables read (FiD-Large from
+public T5 weights, ``experiments.train_reader``) and the demo's tiny one. The reader learns
+p(answer | question, passages) by teacher forcing, reading every candidate of a question
+together as FiD does (or, for the demo, subsets of them that contain every gold passage); it
+trains in the same shell as the reranker (``loop.train_model``: exact resume, preemption,
+metrics, a mesh), its held-out EM / F1 chooses the best checkpoint, and it is exported as a
+Hugging Face T5 folder. Afterwards it is frozen and only the reranker trains.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +22,17 @@ from flax import nnx
 
 from gumbel_jax import metrics, ops
 from gumbel_jax.data.batch import Batch
+from gumbel_jax.data.pipeline import (
+    FeatureSpec,
+    Featurizer,
+    as_record,
+    make_dataset,
+    stack_examples,
+)
+from gumbel_jax.training.config import ReaderExperimentConfig, validate_reader
+from gumbel_jax.training.hooks import HeldOutEval, load_best
+from gumbel_jax.training.loop import RankerState, run_steps, train_model
+from gumbel_jax.training.step import _tree_norm, make_optimizer
 
 
 def gold_subsets(key, batch: Batch, *, num_slots: int, drop_indirect: float = 0.0) -> Batch:
@@ -73,57 +90,68 @@ def reader_loss(reader, batch: Batch, doc_log_mask):
     return -(token_log_probs.sum(-1) / tokens).mean()
 
 
-def make_reader_step(reader_graph, tx, *, num_slots: int, drop_indirect: float = 0.0):
-    """``step(state, opt_state, batch, key) -> (state, opt_state, loss)``, jitted, with the
-    reader's state and the optimizer state donated; the reader reads :func:`gold_subsets`."""
+def make_reader_step(reader_graph, tx, *, num_slots: int = 0, drop_indirect: float = 0.0):
+    """``step(state, batch, key) -> (state, {"loss", "grad_norm"})`` for ``loop.run_steps``:
+    one AdamW update of every reader parameter (``state``: a ``RankerState`` of the reader's
+    parameters and ``tx``'s state, donated). The reader reads every valid candidate of each
+    question (``num_slots`` 0, FiD), or the :func:`gold_subsets` of ``num_slots`` passages
+    drawn with the step's key."""
 
-    def loss_fn(state, batch, key):
-        reader = nnx.merge(reader_graph, state)
-        batch = gold_subsets(key, batch, num_slots=num_slots, drop_indirect=drop_indirect)
+    def loss_fn(params, batch, key):
+        reader = nnx.merge(reader_graph, params)
+        batch = Batch.of(batch)
+        if num_slots:
+            batch = gold_subsets(key, batch, num_slots=num_slots, drop_indirect=drop_indirect)
         return reader_loss(reader, batch, ops.mask_to_log_mask(
             batch.doc_valid.astype(jnp.float32)))
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(state, opt_state, batch, key):
-        loss, grads = jax.value_and_grad(loss_fn)(state, batch, key)
-        updates, opt_state = tx.update(grads, opt_state, state)
-        return optax.apply_updates(state, updates), opt_state, loss
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def step(state: RankerState, batch, key):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return (RankerState(optax.apply_updates(state.params, updates), opt_state),
+                {"loss": loss, "grad_norm": _tree_norm(grads)})
 
     return step
 
 
 def train_reader(reader, batches, *, num_steps: int, learning_rate: float, num_slots: int,
                  drop_indirect: float = 0.0, seed: int = 0, on_step=None) -> list[float]:
-    """Train every parameter of ``reader`` (updated in place) for ``num_steps`` batches from
-    the iterator ``batches``; the reader is frozen afterwards. Returns the losses.
+    """The demo's reader: train every parameter of ``reader`` (updated in place) for
+    ``num_steps`` batches from the iterator ``batches`` on :func:`gold_subsets`, through
+    ``loop.run_steps``, without checkpoints; the reader is frozen afterwards. Returns the
+    losses.
 
     ``on_step(step, loss)`` is called after each step (progress bars); the loss is waited
     for each step, so nothing runs ahead of the host.
     """
     reader.frozen = False  # gradients must reach the encoder while the reader trains
-    graph, state = nnx.split(reader)
+    graph, params = nnx.split(reader)
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(num_steps // 20, 1),
                                                   max(num_steps, 2), learning_rate * 0.05)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
-    opt_state = tx.init(state)
     step_fn = make_reader_step(graph, tx, num_slots=num_slots, drop_indirect=drop_indirect)
-    key = jax.random.key(seed)
     losses = []
-    for step in range(num_steps):
-        batch = {name: jnp.asarray(value) for name, value in next(batches).items()}
-        state, opt_state, loss = step_fn(state, opt_state, batch, jax.random.fold_in(key, step))
-        losses.append(float(loss))
-        if on_step is not None:
-            on_step(step + 1, losses[-1])
-    nnx.update(reader, state)
+
+    def on_log(rows, _seconds):
+        for row in rows:
+            losses.append(row["loss"])
+            if on_step is not None:
+                on_step(row["step"], row["loss"])
+
+    device_batches = ({name: jnp.asarray(value) for name, value in batch.items()}
+                      for batch in batches)
+    state, _ = run_steps(step_fn, RankerState(params, tx.init(params)), device_batches,
+                         start=0, end=num_steps, base_key=jax.random.key(seed), on_log=on_log)
+    nnx.update(reader, state.params)
     reader.frozen = True
     return losses
 
 
 @functools.lru_cache(maxsize=8)
-def _generator(graph, max_length: int):
-    """One jitted greedy decoder per reader architecture, shared by every
-    :func:`reader_exact_match` call (the mask is an argument, so any setting reuses it)."""
+def _generator(graph, max_length: int, num_beams: int = 1):
+    """One jitted decoder per reader architecture and setting, shared by every evaluation
+    (the mask is an argument, so any setting reuses it): greedy, or beam search."""
 
     @jax.jit
     def generate(state, batch, mask):
@@ -131,22 +159,218 @@ def _generator(graph, max_length: int):
         reader = nnx.merge(graph, state)
         return reader.generate(reader.encode(batch.reader_ids, batch.reader_mask),
                                ops.mask_to_log_mask(mask.astype(jnp.float32)),
-                               max_length=max_length)
+                               max_length=max_length, num_beams=num_beams)
 
     return generate
+
+
+def reader_answers(reader, batch, tokenizer, *, mask, max_length: int,
+                   num_beams: int = 1) -> list[str]:
+    """The reader's answers (text) to a batch when it reads the candidates ``mask``
+    (``[batch, docs]`` boolean) selects among the valid ones."""
+    graph, state = nnx.split(reader)
+    mask = jnp.asarray(mask) & jnp.asarray(Batch.of(batch).doc_valid)
+    tokens = np.asarray(_generator(graph, max_length, num_beams)(state, batch, mask))
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
 
 
 def reader_exact_match(reader, batches, tokenizer, *, mask_fn, max_length: int) -> float:
     """EM of the reader's greedy answers when it reads the candidates ``mask_fn(batch)``
     selects (``[batch, docs]`` boolean); ``batches`` yields ``(batch, answers)`` pairs, the
     answers as lists of strings."""
-    graph, state = nnx.split(reader)
-    generate = _generator(graph, max_length)
     scores = []
     for batch, answers in batches:
-        mask = mask_fn(batch) & Batch.of(batch).doc_valid
-        tokens = np.asarray(generate(state, batch, mask))
-        for row, gold in enumerate(answers):
-            text = tokenizer.decode(tokens[row], skip_special_tokens=True)
-            scores.append(metrics.exact_match(text, gold))
+        texts = reader_answers(reader, batch, tokenizer, mask=mask_fn(batch),
+                               max_length=max_length)
+        scores += [metrics.exact_match(text, gold) for text, gold in zip(texts, answers,
+                                                                         strict=True)]
     return float(np.mean(scores))
+
+
+def evaluate_reader(reader, records, featurize, *, tokenizer, batch_size: int,
+                    max_answer_length: int, num_beams: int = 1) -> dict:
+    """EM / F1 of the reader's answers to ``records`` (a list of ``Record``s) reading every
+    candidate, as FiD evaluates: ``{"metrics": {"em", "f1", "num_questions"},
+    "predictions": [{"id", "answer"}, ...]}``. The last batch is padded by repeating its last
+    question, so one program serves every batch."""
+    em, f1, predictions = [], [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        examples = [featurize(r) for r in chunk]
+        padded = stack_examples(examples + [examples[-1]] * (batch_size - len(examples)))
+        texts = reader_answers(reader, padded, tokenizer, mask=padded["doc_valid"],
+                               max_length=max_answer_length, num_beams=num_beams)
+        for record, text in zip(chunk, texts, strict=False):
+            em.append(metrics.exact_match(text, record.answers))
+            f1.append(metrics.f1_score(text, record.answers))
+            predictions.append({"id": record.id, "answer": text, "answers": record.answers})
+    summary = {"em": float(np.mean(em)) if em else float("nan"),
+               "f1": float(np.mean(f1)) if f1 else float("nan"), "num_questions": len(em)}
+    return {"metrics": summary, "predictions": predictions}
+
+
+# --------------------------------------------------------------------- the experiment
+
+def reader_featurizer(config: ReaderExperimentConfig, tokenizer) -> Featurizer:
+    """The pipeline's featurizer for reader training. The reranker's fields are not read:
+    they get one token each (the reader's tokenizer), so the batch stays small."""
+    data = config.data
+    return Featurizer(tokenizer, tokenizer, FeatureSpec(data.num_candidates, data.reader_length,
+                                                        1, data.answer_length))
+
+
+def _reader_tokenizer(config: ReaderExperimentConfig, train_records, eval_records):
+    model = config.model
+    if model.reader == "tiny":
+        from gumbel_jax.data.tokenizer import word_level_tokenizer
+
+        # A tiny reader reads its records through a word vocabulary built from them.
+        return word_level_tokenizer([as_record(r) for r in train_records] + list(eval_records))
+    from transformers import AutoTokenizer  # imported on use: slow to import
+
+    name = model.reader_tokenizer or model.reader
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model.reader_tokenizer: cannot load the tokenizer {name!r} "
+                         f"({type(error).__name__}: {error}); FiD's released checkpoints "
+                         "have none: set model.reader_tokenizer=google-t5/t5-large") from None
+
+
+def build_reader_experiment(config: ReaderExperimentConfig):
+    """``(reader, train_source, eval_records, featurize)`` of a reader-training config, the
+    reader trainable (``training.factory.build_trainable_reader``)."""
+    from gumbel_jax.training.experiment import load_records
+    from gumbel_jax.training.factory import build_trainable_reader
+
+    validate_reader(config)
+    train_records, eval_records = load_records(config.data)
+    tokenizer = _reader_tokenizer(config, train_records, eval_records)
+    reader = build_trainable_reader(config.model, vocab_size=len(tokenizer),
+                                    seed=config.train.seed)
+    return reader, train_records, eval_records, reader_featurizer(config, tokenizer)
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer_and_reader_step(graph, optimizer, num_steps: int, num_slots: int,
+                               drop_indirect: float):
+    """One optimizer and jitted step per architecture and setting (a resumed or repeated run
+    in one process compiles the step once)."""
+    tx = make_optimizer(optimizer, num_steps)
+    return tx, make_reader_step(graph, tx, num_slots=num_slots, drop_indirect=drop_indirect)
+
+
+def reader_eval_hook(config: ReaderExperimentConfig, eval_records, featurize) -> HeldOutEval:
+    """Held-out EM / F1 every ``train.eval_every`` steps and at the end, keeping the best
+    reader by ``train.best_metric`` in ``<workdir>/best`` (``hooks.HeldOutEval``)."""
+
+    def evaluate_fn(reader, _frozen_reader):
+        return evaluate_reader(reader, eval_records, featurize,
+                               tokenizer=featurize.reader_tokenizer,
+                               batch_size=config.data.batch_size,
+                               max_answer_length=config.data.answer_length,
+                               num_beams=config.model.num_beams)["metrics"]
+
+    return HeldOutEval(evaluate_fn, every=config.train.eval_every,
+                       best_metric=config.train.best_metric)
+
+
+STAGE = "reader"  # experiment.json's "stage" of a reader-training run
+
+
+def write_reader_experiment(workdir: pathlib.Path, config: ReaderExperimentConfig) -> None:
+    (workdir / "experiment.json").write_text(json.dumps(
+        {"stage": STAGE, **dataclasses.asdict(config)}, indent=2, default=str) + "\n")
+
+
+def read_reader_experiment(workdir) -> ReaderExperimentConfig:
+    """The config of the reader-training run in ``workdir`` (its experiment.json)."""
+    from gumbel_jax.training.config import from_dict
+
+    saved = pathlib.Path(workdir) / "experiment.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{workdir}: no experiment.json (not a training run folder)")
+    raw = json.loads(saved.read_text())
+    if raw.pop("stage", None) != STAGE:
+        raise ValueError(f"{workdir}: a reranker training run, not a reader's "
+                         "(python -m experiments.export exports it)")
+    return from_dict(ReaderExperimentConfig, raw)
+
+
+def reader_card(config: ReaderExperimentConfig, step: int, evaluation: dict) -> dict:
+    """The exported folder's model card: start checkpoint, recipe, data, held-out EM / F1."""
+    model, data, train = config.model, config.data, config.train
+    base = ("none: a tiny randomly initialised T5 (tests)" if model.reader == "tiny" else
+            f"random initialisation of {model.reader_architecture}"
+            if model.reader_init == "random" else model.reader)
+    return {"name": f"{config.name} (FiD reader)", "base_model": base,
+            "training": {"steps (exported checkpoint)": step, "steps (configured)":
+                         train.num_steps, "seed": train.seed, "batch size": data.batch_size,
+                         **{f"optimizer.{k}": v for k, v in
+                            dataclasses.asdict(train.optimizer).items()},
+                         "passages read": (f"subsets of {config.num_slots} with every gold "
+                                           "passage") if config.num_slots else
+                         "every candidate (FiD)", "compute dtype": model.dtype,
+                         "remat": model.remat},
+            "data": {"source": data.source, "train split": data.train_split,
+                     "eval split": data.eval_split,
+                     "candidates per question": data.num_candidates,
+                     "reader tokens": data.reader_length, "answer tokens": data.answer_length},
+            "evaluation": evaluation}
+
+
+def run_reader_training(config: ReaderExperimentConfig, workdir, *, mesh=None,
+                        stop_at: int | None = None) -> dict:
+    """Train a reader (resuming from ``workdir``), evaluate its best checkpoint (or its
+    last, without ``train.best_metric``) on the held-out questions, export it as a Hugging
+    Face T5 folder to ``config.export_dir`` (default ``<workdir>/export``; an earlier export
+    is replaced once the new one is complete) and write eval.json last. Running it again on a
+    finished run trains no step and exports again.
+    Returns the metrics (the last training line, held-out ``em`` / ``f1``, ``step``)."""
+    from jax.experimental import multihost_utils
+
+    from gumbel_jax.checkpoints.export import export_reader
+    from gumbel_jax.training.evaluation import write_evaluation
+
+    workdir = pathlib.Path(workdir).absolute()
+    processes = jax.process_count()
+    if config.data.batch_size % processes:
+        raise ValueError(f"data.batch_size={config.data.batch_size} (the global batch) is not "
+                         f"divisible by the {processes} processes")
+    # Built (and so validated) before anything is written.
+    reader, train_source, eval_records, featurize = build_reader_experiment(config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_reader_experiment(workdir, config)
+    train = config.train
+    dataset = make_dataset(train_source, featurize, seed=train.seed,
+                           batch_size=config.data.batch_size // processes)
+    graph, _ = nnx.split(reader)
+    tx, step_fn = _optimizer_and_reader_step(graph, train.optimizer, train.num_steps,
+                                             config.num_slots, config.drop_indirect)
+    hooks = [reader_eval_hook(config, eval_records, featurize)] if train.eval_every else []
+    result = train_model(train, model=reader, tx=tx, step_fn=step_fn, dataset=dataset,
+                         workdir=workdir, stop_at=stop_at, mesh=mesh, hooks=hooks)
+    if result.get("preempted") or (stop_at is not None and stop_at < train.num_steps):
+        return result
+    if processes > 1:  # every process holds a full copy; the first one writes
+        nnx.update(reader, multihost_utils.process_allgather(nnx.state(reader)))
+    step = train.num_steps
+    if train.best_metric and (workdir / "best").is_dir():
+        step = int(load_best(workdir, reader)["step"])
+    if jax.process_index() != 0:
+        return result
+    results = evaluate_reader(reader, eval_records, featurize,
+                              tokenizer=featurize.reader_tokenizer,
+                              batch_size=config.data.batch_size,
+                              max_answer_length=config.data.answer_length,
+                              num_beams=config.model.num_beams)
+    summary = {**results["metrics"], "step": step}
+    export_dir = pathlib.Path(config.export_dir).expanduser() if config.export_dir else (
+        workdir / "export")
+    reader.frozen = True  # as it will be read
+    export_reader(reader, export_dir, tokenizer=featurize.reader_tokenizer,
+                  card=reader_card(config, step, summary), max_length=config.data.reader_length,
+                  answer_length=config.data.answer_length, overwrite=True)
+    summary["export"] = str(export_dir)
+    write_evaluation(workdir, {"metrics": summary, "predictions": results["predictions"]})
+    return {**result, **summary}
