@@ -23,6 +23,7 @@ from gumbel_jax.training.config import (
     ModelConfig,
     ObjectiveConfig,
     OptimizerConfig,
+    ReaderExperimentConfig,
     TrainConfig,
 )
 
@@ -86,7 +87,7 @@ class PaperRow:
     table: str  # a key of TABLES
     row: str  # the row's label in that table
     run: str  # run folder; rows of several tables that train the same thing share it
-    experiment: ExperimentConfig
+    experiment: ExperimentConfig | ReaderExperimentConfig  # the latter: readers stage
     paper: dict[str, float] = dataclasses.field(default_factory=dict)  # label -> number (%)
     hardware: str = ""  # expected hardware and time of one seed
 
@@ -98,7 +99,9 @@ class DatasetSetup:
 
     tfds_name: str
     num_candidates: int
-    reader: str  # a folder in --models_dir (no public checkpoint: see the README)
+    # A folder in --models_dir: FiD's release (NQ, TriviaQA), or the readers-stage run of this
+    # name, which trains it (READER_ROWS; experiments/configs/readers/).
+    reader: str
     reader_length: int
     batch_size: int
     num_steps: int
@@ -203,17 +206,90 @@ def load_rows(directory: str | pathlib.Path = CONFIG_DIR) -> list[PaperRow]:
     return sorted(rows, key=lambda row: order[(row.table, row.row)])
 
 
+# ------------------------------------------------------------------ the readers stage
+# No FiD-Large reader for HotpotQA, MuSiQue or 2Wiki is public: the readers stage trains them
+# here from google-t5/t5-large (one config each in experiments/configs/readers/) and exports
+# each to --models_dir/<DatasetSetup.reader>, the folder that dataset's rows read. A reranker
+# row names its reader run by that name (model.reader); experiments.reproduce runs the stage
+# first and refuses a row whose reader is missing. NQ and TriviaQA read FiD's released readers.
+READER_CONFIG_DIR = pathlib.Path(__file__).parent / "configs" / "readers"
+READERS_TABLE = "readers"  # experiments.reproduce --table readers
+READER_ROWS = {"hotpotqa": "HotpotQA", "musique": "MuSiQue", "2wiki": "2Wiki"}
+# FiD's recipe for its large readers (facebookresearch/FiD README: AdamW, learning rate 5e-5,
+# linear schedule, 1,000 warm-up steps, weight decay 0.01, 250 tokens per (question,
+# passage), 64 GPUs x 1 question = 64 questions per step, every passage of a question read
+# together; gradient clipping 1.0 is its options.py default). Which of these the G-Rerank
+# paper used is not published. Steps are ours (FiD trained 15,000 on NQ's 79k questions):
+# about 4 epochs of HotpotQA's 90,447 training questions, 10 of MuSiQue's 19,938, 2.3 of
+# 2Wiki's 167,454.
+FID_READER_OPTIMIZER = OptimizerConfig(learning_rate=5e-5, warmup_steps=1000, weight_decay=0.01,
+                                       clip_norm=1.0, schedule="linear")
+READER_BATCH, READER_LENGTH = 64, 250
+READER_STEPS = {"hotpotqa": 6000, "musique": 3000, "2wiki": 6000}
+
+
+def reader_experiment(dataset: str) -> ReaderExperimentConfig:
+    """The readers-stage run of ``dataset`` (a key of READER_ROWS): FiD-Large from
+    google-t5/t5-large on the dataset's training split, every candidate of a question read
+    together (its whole pool: the gold passages are always among them), held-out EM every
+    500 steps choosing the exported checkpoint; answers cut at the grid's answer length."""
+    setup = DATASETS[dataset]
+    data = DataConfig(source=f"tfds:{setup.tfds_name}", train_split="train",
+                      eval_split="validation", num_eval=1_000_000,
+                      num_candidates=setup.num_candidates, reader_length=READER_LENGTH,
+                      answer_length=setup.answer_length, batch_size=READER_BATCH)
+    model = ModelConfig(reader="google-t5/t5-large", reranker="", reader_architecture="t5-large",
+                        dtype="bfloat16", remat=True)
+    train = TrainConfig(num_steps=READER_STEPS[dataset], checkpoint_every=500, max_to_keep=2,
+                        log_every=10, eval_every=500, best_metric="em",
+                        optimizer=FID_READER_OPTIMIZER)
+    return ReaderExperimentConfig(name=setup.reader, data=data, model=model, train=train)
+
+
+def reader_row(dataset: str, *, hardware: str = "") -> PaperRow:
+    """The readers table's row of ``dataset``: its run is the reader's folder name."""
+    return PaperRow(READERS_TABLE, READER_ROWS[dataset], DATASETS[dataset].reader,
+                    reader_experiment(dataset), {}, hardware)
+
+
+def load_reader_rows(directory: str | pathlib.Path = READER_CONFIG_DIR) -> list[PaperRow]:
+    """The readers stage: one row per config in ``directory`` (its ``get_row()``)."""
+    rows = []
+    for path in sorted(pathlib.Path(directory).glob("[!_]*.py")):
+        spec = importlib.util.spec_from_file_location(f"reader_row_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        row = module.get_row()
+        if row.table != READERS_TABLE or not isinstance(row.experiment, ReaderExperimentConfig):
+            raise ValueError(f"{path}: get_row() must return a {READERS_TABLE!r} row training a "
+                             "ReaderExperimentConfig (experiments.paper.reader_row)")
+        rows.append(row)
+    return rows
+
+
+def reader_run_of(reader: str) -> str:
+    """The readers-stage run that builds the reader folder ``reader`` (a name or a path in
+    --models_dir), or "" when no run does (FiD's releases, hub names)."""
+    name = pathlib.Path(reader).name if reader else ""
+    return name if name in {DATASETS[d].reader for d in READER_ROWS} else ""
+
+
 def resolve_paths(experiment: ExperimentConfig, *, data_dir: str,
                   models_dir: str) -> ExperimentConfig:
     """Point the experiment at the user's prepared data and downloaded models: a model or
     tokenizer name without a "/" (and not "tiny") is a folder in ``models_dir``; names with
-    one are Hugging Face hub ids or absolute paths and stay."""
+    one are Hugging Face hub ids or absolute paths and stay. A readers-stage run exports its
+    reader to ``models_dir/<its name>``."""
     model = experiment.model
     local = {}
     for field in MODEL_PATH_FIELDS:
         name = getattr(model, field)
         if name and name != "tiny" and "/" not in name:
             local[field] = str(pathlib.Path(models_dir) / name)
+    extra = {}
+    if isinstance(experiment, ReaderExperimentConfig) and not experiment.export_dir:
+        # A readers-stage run exports to the folder the reranker rows read.
+        extra["export_dir"] = str(pathlib.Path(models_dir) / experiment.name)
     return dataclasses.replace(
         experiment, data=dataclasses.replace(experiment.data, data_dir=data_dir),
-        model=dataclasses.replace(model, **local))
+        model=dataclasses.replace(model, **local), **extra)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gumbel_jax.models.attention import DmaMethod
-from gumbel_jax.models.reader import Memory
+from gumbel_jax.models.reader import Memory, aggregate_document_attention
 from gumbel_jax.models.t5 import T5Config, T5EncoderDecoder, shift_right
 
 
@@ -107,10 +107,7 @@ class FiDReader(nnx.Module):
                                            else doc_log_mask,
                                            method="blockwise", return_doc_weights=True,
                                            weight_by_value_norm=value_weighted)
-        # weights: [layers, batch, heads, tgt_len, docs]
-        per_token = weights.mean(axis=(0, 2))
-        mask = answer_mask.astype(jnp.float32)[..., None]
-        return (per_token * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+        return aggregate_document_attention(weights, answer_mask)
 
     def generate(self, memory: Memory, doc_log_mask=None, *, max_length: int = 32,
                  num_beams: int = 1):

@@ -97,6 +97,16 @@ class Reader(Protocol):
         ...
 
 
+def aggregate_document_attention(weights: jax.Array, answer_mask: jax.Array) -> jax.Array:
+    """Per-layer, per-head statistics ``[layers, batch, heads, tgt_len, docs]`` -> their mean
+    over layers, heads and the real answer tokens, ``[batch, docs]`` (float32): how
+    :meth:`Reader.document_attention` aggregates, as Atlas's ``get_crossattention_scores``
+    does (its ``sum`` statistics further divide by a constant 256)."""
+    per_token = weights.astype(jnp.float32).mean(axis=(0, 2))  # [batch, tgt_len, docs]
+    mask = answer_mask.astype(jnp.float32)[..., None]
+    return (per_token * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+
+
 def check_reader(reader) -> None:
     """A clear error when an object lacks part of the :class:`Reader` interface."""
     missing = [name for name in ("encode", "token_log_probs", "document_attention", "generate")
