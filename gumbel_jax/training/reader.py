@@ -364,7 +364,7 @@ def run_reader_training(config: ReaderExperimentConfig, workdir, *, mesh=None,
                               batch_size=config.data.batch_size,
                               max_answer_length=config.data.answer_length,
                               num_beams=config.model.num_beams)
-    summary = {**results["metrics"], "step": step}
+    summary = {**results["metrics"], "checkpoint_step": step}
     export_dir = pathlib.Path(config.export_dir).expanduser() if config.export_dir else (
         workdir / "export")
     reader.frozen = True  # as it will be read
