@@ -230,7 +230,7 @@ def from_ranked_json(obj: dict):
 
 class RankingTotals:
     """Running means of the ranking metrics over the records that have gold flags (and of
-    ``has_answer@k``, EM and F1 over those with answers), as ``training.evaluation``."""
+    ``answer_recall@k``, EM and F1 over those with answers), as ``training.evaluation``."""
 
     def __init__(self, k: int):
         self.k = k
@@ -241,14 +241,14 @@ class RankingTotals:
         from gumbel_jax import metrics
 
         k, values = self.k, {}
-        if any(p.is_gold is not None for p in record.ctxs):
+        if record.has_gold_labels:
             for prefix, relevant in (("", record.gold), ("indirect_", record.indirect)):
                 values[f"{prefix}recall@{k}"] = metrics.recall_at_k(scores, relevant, k)
                 values[f"{prefix}ndcg@{k}"] = metrics.ndcg_at_k(scores, relevant, k)
                 values[f"{prefix}mrr"] = metrics.mrr(scores, relevant)
         if record.answers:
-            top = metrics.ranking(scores)[:k]
-            values[f"has_answer@{k}"] = float(any(record.ctxs[i].has_answer for i in top))
+            values[f"answer_recall@{k}"] = metrics.answer_recall_at_k(
+                scores, record.answer_passages, k)
             if answer is not None:
                 values["em"] = metrics.exact_match(answer, record.answers)
                 values["f1"] = metrics.f1_score(answer, record.answers)

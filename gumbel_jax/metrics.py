@@ -1,5 +1,9 @@
-"""Evaluation metrics (host-side numpy): answer EM / F1 with SQuAD normalisation, and
-ranking metrics over gold passages (Recall@k, NDCG@k, MRR)."""
+"""Evaluation metrics (host-side numpy): answer EM / F1 with SQuAD normalisation, ranking
+metrics over gold passages (Recall@k, NDCG@k, MRR), and answer recall (top-k accuracy) where a
+dataset has no gold passages (FiD's NQ / TriviaQA).
+
+MRR is not cut at k: it is the reciprocal rank of the first relevant passage in the whole
+ranked candidate list (a relevant passage at rank 8 of 10 counts 1/8)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+# The paper reports every ranking metric @5 (its k); evaluation adds this cut-off to the k a
+# run trains with, since a ranking metric does not depend on what the reader reads.
+PAPER_CUTOFF = 5
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
@@ -73,9 +80,26 @@ def ndcg_at_k(scores, relevant, k: int, valid=None) -> float:
 
 
 def mrr(scores, relevant, valid=None) -> float:
-    """Reciprocal rank of the first relevant candidate (NaN when none is relevant)."""
+    """Reciprocal rank of the first relevant candidate in the whole ranking, not cut at any k
+    (NaN when none is relevant)."""
     relevant = np.asarray(relevant, bool)
     if not relevant.any():
         return float("nan")
     hits = np.flatnonzero(relevant[ranking(scores, valid)])
     return float(1.0 / (hits[0] + 1))
+
+
+def answer_recall_at_k(scores, has_answer, k: int, valid=None) -> float:
+    """Answer recall, or top-k accuracy, as DPR and FiD report retrieval on NQ / TriviaQA:
+    1.0 if a candidate containing an answer is among the top k, else 0.0.
+
+    Defined for every question: one whose candidates contain no answer counts as a miss,
+    as in DPR's top-k accuracy (so its mean is bounded by the pool's answer coverage).
+    """
+    has_answer = np.asarray(has_answer, bool)
+    return float(has_answer[ranking(scores, valid)[:k]].any())
+
+
+def ranking_cutoffs(k: int) -> tuple[int, ...]:
+    """The cut-offs ranking metrics are reported at: the run's k and the paper's 5."""
+    return tuple(sorted({k, PAPER_CUTOFF}))

@@ -178,7 +178,7 @@ def test_reader_answers_from_the_top_k_and_official_formats(exported, tmp_path, 
     assert code == 0 and summary["records"] >= 1
     for line in read_lines(output):
         assert isinstance(line["answer"], str)
-    assert {"em", "f1", "recall@2", "has_answer@2"} <= set(summary["metrics"])
+    assert {"em", "f1", "recall@2", "answer_recall@2"} <= set(summary["metrics"])
 
 
 def test_the_answer_is_the_readers_on_the_top_k(exported, records, tokenizer, input_file,

@@ -144,3 +144,34 @@ CONVERTERS: dict[str, Callable] = {
     "nq": from_fid,
     "triviaqa": from_fid,
 }
+
+
+# What the ranking metrics count as relevant on each dataset (docs/reproduce.md, "Metrics"):
+# "gold": the supporting passages the release marks (Recall@k = the fraction of them in the
+# top k); "answer": passages containing an answer alias, because FiD's NQ / TriviaQA files
+# mark no gold passages (answer recall = top-k accuracy, as DPR and FiD report it).
+RANKING_LABELS: dict[str, str] = {"hotpotqa": "gold", "musique": "gold", "2wiki": "gold",
+                                  "nq": "answer", "triviaqa": "answer"}
+# Where each format keeps its gold flags, to name the field in an error.
+_GOLD_FIELDS = {"hotpotqa": "supporting_facts", "2wiki": "supporting_facts",
+                "musique": "paragraphs[].is_supporting"}
+
+
+def check_ranking_labels(record: Record, dataset: str) -> None:
+    """Raise ``RecordError`` when ``dataset``'s ranking metric cannot be computed for
+    ``record`` (a gold dataset's record without any gold passage), so that preparing an
+    evaluation set fails on the record instead of reporting a NaN metric later.
+
+    Answer recall needs only the answers, which every converter requires.
+    """
+    if RANKING_LABELS.get(dataset) != "gold":
+        return
+    field = _GOLD_FIELDS[dataset]
+    if not record.has_gold_labels:
+        raise RecordError(field, "missing: no gold passages, so Recall@k, NDCG@k and MRR on "
+                                 f"gold passages ({dataset}'s ranking metrics) cannot be "
+                                 "computed for this record")
+    if not any(record.gold):
+        raise RecordError(field, "no gold passage among the candidates (no supporting title "
+                                 "or paragraph matches one): Recall@k, NDCG@k and MRR on gold "
+                                 "passages cannot be computed for this record")

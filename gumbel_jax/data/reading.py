@@ -6,7 +6,7 @@ import dataclasses
 import os
 from collections.abc import Iterator
 
-from gumbel_jax.data.formats import CONVERTERS
+from gumbel_jax.data.formats import CONVERTERS, check_ranking_labels
 from gumbel_jax.data.jsonstream import BadElement, iter_json_records
 from gumbel_jax.data.records import Record
 from gumbel_jax.data.validation import DataError, Problem, RecordError, ValidationReport
@@ -16,12 +16,16 @@ DEFAULT_MAX_PASSAGE_CHARS = 20_000
 
 def read_records(path: str | os.PathLike, dataset: str, *,
                  report: ValidationReport | None = None,
-                 max_passage_chars: int = DEFAULT_MAX_PASSAGE_CHARS) -> Iterator[Record]:
+                 max_passage_chars: int = DEFAULT_MAX_PASSAGE_CHARS,
+                 require_ranking_labels: bool = False) -> Iterator[Record]:
     """Stream the records of one official file, converted to our schema.
 
     Bad records are reported (file, line or record, field, reason) and skipped; too many stop
     the run with a ``DataError``. Over-long passages are truncated and duplicate ids made
     unique (``id#2``), both kept with a warning. Valid records are never dropped.
+    ``require_ranking_labels`` (datasets prepared for training and evaluation) also makes a
+    record on which the dataset's ranking metric cannot be computed a bad record
+    (``formats.check_ranking_labels``); unlabelled files to rerank leave it off.
     """
     if dataset not in CONVERTERS:
         raise DataError(f"unknown dataset format {dataset!r}; known: {sorted(CONVERTERS)}")
@@ -37,6 +41,8 @@ def read_records(path: str | os.PathLike, dataset: str, *,
             continue
         try:
             record = convert(obj, index) if convert.__name__ == "from_fid" else convert(obj)
+            if require_ranking_labels:
+                check_ranking_labels(record, dataset)
         except RecordError as error:
             report.add(Problem(str(path), location, error.field, error.reason))
             continue

@@ -40,6 +40,17 @@ class Record:
         return [bool(p.is_gold) for p in self.ctxs]
 
     @property
+    def has_gold_labels(self) -> bool:
+        """Whether the source marks gold passages at all (FiD's NQ / TriviaQA do not): only
+        then are the gold ranking metrics defined."""
+        return any(p.is_gold is not None for p in self.ctxs)
+
+    @property
+    def answer_passages(self) -> list[bool]:
+        """Passages containing an answer alias (what answer recall counts)."""
+        return [bool(p.has_answer) for p in self.ctxs]
+
+    @property
     def indirect(self) -> list[bool]:
         if {normalize_answer(a) for a in self.answers} & YES_NO:
             return [False] * len(self.ctxs)

@@ -3,7 +3,9 @@
 Each builder reads the official files from a local folder and stores one ``Record`` per
 example as JSON bytes, so a prepared dataset is an ordinary tfds dataset that
 ``tfds.data_source(name, split=..., data_dir=...)`` opens on any host (local disk or GCS).
-Bad records are reported exactly as by ``read_records``; a run that stops leaves only tfds's
+Bad records are reported exactly as by ``read_records``, and so is a record on which the
+dataset's ranking metric cannot be computed (a multi-hop record without gold passages: an
+error here, not a NaN metric after training); a run that stops leaves only tfds's
 ``incomplete.*`` folder, never a half-written dataset.
 """
 
@@ -73,8 +75,13 @@ class _RecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return splits
 
     def _generate_examples(self, path):
-        for index, record in enumerate(read_records(path, self.DATASET, report=self.report)):
-            yield index, {"id": record.id, "record": record.dumps()}
+        records = read_records(path, self.DATASET, report=self.report,
+                               require_ranking_labels=True)
+        count = 0
+        for count, record in enumerate(records, 1):
+            yield count - 1, {"id": record.id, "record": record.dumps()}
+        if not count:  # every record was bad: an empty split would train or score nothing
+            raise DataError(f"{path}: no valid record.\n{self.report.summary()}")
 
 
 class GjHotpotqa(_RecordBuilder):

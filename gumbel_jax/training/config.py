@@ -13,6 +13,7 @@ import typing
 from typing import Literal
 
 from gumbel_jax.data.synthetic import WorldConfig
+from gumbel_jax.metrics import ranking_cutoffs
 from gumbel_jax.models.attention import DmaMethod
 from gumbel_jax.models.rankt5 import RANKT5_SCORE_TOKEN_ID
 from gumbel_jax.objectives import AdistSignal, Reduction, Relaxation
@@ -85,10 +86,14 @@ class TrainConfig:
     best_metric: str = ""
 
     def eval_metric_names(self) -> tuple[str, ...]:
-        """The metrics a held-out evaluation reports (``training.evaluation.evaluate``)."""
-        k = self.objective.k
-        ranking = (f"recall@{k}", f"ndcg@{k}", "mrr", f"indirect_recall@{k}",
-                   f"indirect_ndcg@{k}", "indirect_mrr")
+        """The metrics a held-out evaluation reports (``training.evaluation.evaluate``), in
+        its order, at ``metrics.ranking_cutoffs(k)``; on data without gold passages (NQ,
+        TriviaQA) the gold ones are absent and ``answer_recall@c`` ranks."""
+        cutoffs = ranking_cutoffs(self.objective.k)
+        ranking = tuple(name for prefix in ("", "indirect_") for name in (
+            *(f"{prefix}recall@{c}" for c in cutoffs), *(f"{prefix}ndcg@{c}" for c in cutoffs),
+            f"{prefix}mrr"))
+        ranking += tuple(f"answer_recall@{c}" for c in cutoffs)
         return ranking + (("em", "f1") if self.eval_answers else ())
 
 

@@ -150,3 +150,45 @@ def test_array_streaming_across_small_chunks_keeps_lines(tmp_path, monkeypatch):
     items = list(jsonstream.iter_json_array(path))
     assert [line for line, _ in items] == list(range(2, 32))
     assert [obj["question"] for _, obj in items] == [f"q{i} café" for i in range(30)]
+
+
+def test_a_record_whose_ranking_metric_cannot_be_computed_is_a_bad_record(tmp_path):
+    """Preparing a multi-hop set needs gold passages on every record (its Recall@k, NDCG@k
+    and MRR count them); the problem names the file, the record, the field and why."""
+    import json
+
+    path = tmp_path / "hotpot_dev_distractor_v1.json"
+    good = json.loads((FIXTURES / "hotpot_dev_distractor.json").read_text())[0]
+    no_facts = {k: v for k, v in good.items() if k != "supporting_facts"} | {"_id": "nofacts"}
+    elsewhere = good | {"_id": "elsewhere", "supporting_facts": [["Not a context title", 0]]}
+    path.write_text(json.dumps([good, no_facts, elsewhere]))
+    # Reranking an unlabelled file stays possible: the check is for prepared datasets.
+    assert len(list(read_records(path, "hotpotqa"))) == 3
+    report = ValidationReport()
+    records = list(read_records(path, "hotpotqa", report=report, require_ranking_labels=True))
+    assert [r.id for r in records] == [good["_id"]] and report.skipped == 2
+    first, second = (str(p) for p in report.problems)
+    assert first.startswith(f"{path}, record 2 (line 1): supporting_facts: missing: no gold "
+                            "passages, so Recall@k, NDCG@k and MRR on gold passages "
+                            "(hotpotqa's ranking metrics) cannot be computed")
+    assert second.startswith(f"{path}, record 3 (line 1): supporting_facts: no gold passage "
+                             "among the candidates")
+    with pytest.raises(DataError, match="too many bad records: 1 skipped"):
+        list(read_records(path, "hotpotqa", report=ValidationReport(max_bad_records=0),
+                          require_ranking_labels=True))
+
+
+def test_answer_recall_datasets_need_no_gold_passages():
+    """FiD's NQ / TriviaQA mark no gold passage: their ranking metric is answer recall, which
+    needs only the answers, so every record prepares; a question with no answer-containing
+    passage is kept (it counts as a miss)."""
+    from gumbel_jax.data import RANKING_LABELS
+
+    assert RANKING_LABELS["nq"] == RANKING_LABELS["triviaqa"] == "answer"
+    for name, dataset in (("nq_fid_dev.json", "nq"), ("tqa_fid_dev.jsonl", "triviaqa")):
+        report = ValidationReport(max_bad_records=0)
+        records = list(read_records(FIXTURES / name, dataset, report=report,
+                                    require_ranking_labels=True))
+        assert len(records) == 3 and not any(r.has_gold_labels for r in records)
+        assert not any(records[-1].answer_passages)
+    assert records[1].answer_passages == [False, False, True]

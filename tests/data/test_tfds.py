@@ -65,3 +65,26 @@ def test_conversion_errors_are_clear(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "too many bad records: 3 skipped" in err and "question: missing" in err
     assert not (tmp_path / "tfds" / "gj_nq" / "1.0.0").exists()  # nothing half-finished
+
+
+def test_preparing_a_set_whose_ranking_metric_cannot_be_computed_fails(tmp_path, capsys):
+    """HotpotQA without supporting facts (e.g. its unlabelled test file): Recall@5 could not
+    be computed, so preparation stops with exit status 2, naming the file, each record and
+    why, and leaves no dataset (no NaN column after training)."""
+    import json
+
+    source = tmp_path / "hotpot"
+    source.mkdir()
+    records = json.loads((FIXTURES / "hotpot_dev_distractor.json").read_text())
+    unlabelled = [{k: v for k, v in r.items() if k != "supporting_facts"} for r in records]
+    path = source / "hotpot_dev_distractor_v1.json"
+    path.write_text(json.dumps(unlabelled))
+    status = prepare_data.main(["--dataset", "hotpotqa", "--source", str(source),
+                                "--data_dir", str(tmp_path / "tfds")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"{path}: no valid record" in err
+    for number in (1, 2):
+        assert (f"{path}, record {number} (line 1): supporting_facts: missing: no gold "
+                "passages, so Recall@k, NDCG@k and MRR on gold passages") in err
+    assert not (tmp_path / "tfds" / "gj_hotpotqa" / "1.0.0").exists()

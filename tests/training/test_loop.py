@@ -498,9 +498,12 @@ def test_eval_and_log_settings_are_validated():
         validate(apply_overrides(base, ["log_every=0"]), num_candidates=6)
     with pytest.raises(ValueError, match="best_metric='recall@2' needs eval_every > 0"):
         validate(apply_overrides(base, ["best_metric=recall@2"]), num_candidates=6)
-    with pytest.raises(ValueError, match=r"best_metric='recall@5' is not a held-out metric; "
-                                         r"expected one of \('recall@2'"):
-        validate(apply_overrides(base, ["eval_every=5", "best_metric=recall@5"]),
+    # Ranking metrics are reported at k = 2 and the paper's 5, at no other cut-off.
+    validate(apply_overrides(base, ["eval_every=5", "best_metric=answer_recall@5"]),
+             num_candidates=6)
+    with pytest.raises(ValueError, match=r"best_metric='recall@3' is not a held-out metric; "
+                                         r"expected one of \('recall@2', 'recall@5'"):
+        validate(apply_overrides(base, ["eval_every=5", "best_metric=recall@3"]),
                  num_candidates=6)
     with pytest.raises(ValueError, match="em / f1 need eval_answers=True"):
         validate(apply_overrides(base, ["eval_every=5", "best_metric=em"]), num_candidates=6)
