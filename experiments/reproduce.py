@@ -22,7 +22,19 @@ import sys
 import traceback
 
 from experiments.cli import add_parallel_arguments, fail, start_parallel, user_path
-from experiments.paper import MODEL_PATH_FIELDS, TABLES, PaperRow, load_rows, resolve_paths
+from experiments.paper import (
+    MODEL_PATH_FIELDS,
+    READER_CONFIG_DIR,
+    READERS_TABLE,
+    TABLES,
+    PaperRow,
+    load_reader_rows,
+    load_rows,
+    reader_run_of,
+    resolve_paths,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +49,13 @@ class Cell:
 
 
 def plan(rows: list[PaperRow], tables: list[str], seeds: int) -> list[Cell]:
-    """The cells of ``tables`` (a run shared by several rows appears once)."""
+    """The cells of ``tables`` (a run shared by several rows appears once). The readers
+    stage comes first, one seed per reader: a reader is trained once and read by every seed
+    of the rows that name it."""
     cells: dict[tuple[str, int], list[str]] = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda row: row.table != READERS_TABLE):
         if row.table in tables:
-            for seed in range(seeds):
+            for seed in range(1 if row.table == READERS_TABLE else seeds):
                 cells.setdefault((row.run, seed), []).append(f"{row.table}/{row.row}")
     return [Cell(run, seed, tuple(labels)) for (run, seed), labels in cells.items()]
 
@@ -89,9 +103,19 @@ def cell_config(row: PaperRow, seed: int, args):
 
 
 def _check_models(config) -> None:
-    """A missing local model folder is named before anything is built."""
+    """A missing local model folder is named before anything is built; a missing reader that
+    the readers stage trains is named with the commands that build it."""
     for field in MODEL_PATH_FIELDS:
         name = getattr(config.model, field)
+        run = reader_run_of(name) if field == "reader" else ""
+        if run and name.startswith("/") and not pathlib.Path(name).exists():
+            config_file = READER_CONFIG_DIR / f"{run.replace('-', '_')}.py"
+            raise FileNotFoundError(
+                f"model.{field}: {name} does not exist: the readers stage builds it, so this row "
+                f"waits for it. Run python -m experiments.reproduce --table readers --cell {run} "
+                "(with this command's --data_dir, --models_dir and --workdir), or python -m "
+                f"experiments.train_reader --config {config_file.relative_to(ROOT)} --workdir "
+                f"DIR --export {name} --set data.data_dir=...")
         if name.startswith("/") and not pathlib.Path(name).exists():
             raise FileNotFoundError(f"model.{field}: {name} does not exist (download it first; "
                                     "see the README's 'Reproduce the paper')")
@@ -100,7 +124,8 @@ def _check_models(config) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", nargs="+", required=True, metavar="TABLE",
-                   help=f"one or more of: {', '.join(TABLES)}, or all")
+                   help=f"one or more of: {READERS_TABLE}, {', '.join(TABLES)}, or all "
+                        "(the readers stage first)")
     p.add_argument("--workdir", required=True, type=user_path)
     p.add_argument("--data_dir", default="", type=user_path,
                    help="tfds data_dir of the prepared datasets")
@@ -114,15 +139,16 @@ def main(argv=None) -> int:
                    help="override a config value in every cell")
     add_parallel_arguments(p)
     args = p.parse_args(argv)
-    tables = list(TABLES) if args.table == ["all"] else args.table
-    unknown = [t for t in tables if t not in TABLES]
+    known = [READERS_TABLE, *TABLES]
+    tables = known if args.table == ["all"] else args.table
+    unknown = [t for t in tables if t not in known]
     if unknown:
-        return fail(f"unknown table(s) {', '.join(unknown)}; expected {', '.join(TABLES)} "
+        return fail(f"unknown table(s) {', '.join(unknown)}; expected {', '.join(known)} "
                     "or all")
     if args.seeds < 1:
         return fail("--seeds must be >= 1")
     try:
-        rows = load_rows()
+        rows = load_reader_rows() + load_rows()
         cells = select(plan(rows, tables, args.seeds), args.cell)
     except ValueError as error:
         return fail(str(error))
