@@ -12,7 +12,15 @@ import pytest
 from gumbel_jax import objectives
 from gumbel_jax.data.batch import Batch
 from gumbel_jax.models.reader import Memory
-from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig
+from gumbel_jax.training.config import (
+    ExperimentConfig,
+    ObjectiveConfig,
+    OptimizerConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    validate,
+)
 from gumbel_jax.training.step import make_optimizer, objective_loss
 
 VOCAB = 40
@@ -152,6 +160,20 @@ def test_the_objectives_differ_from_each_other(batch):
                                          StubReader(), batch, jax.random.key(5)))
               for name in VARIANTS}
     assert len(set(losses.values())) == len(losses), losses
+
+
+def test_the_earlier_spelling_of_temperature_gold_is_still_read():
+    """``objective.temperature`` (before it took Atlas's name) on the command line and in a
+    saved experiment.json sets ``temperature_gold``."""
+    config = apply_overrides(ExperimentConfig(), ["train.objective.temperature=0.3"])
+    assert config.train.objective.temperature_gold == 0.3
+    saved = dataclasses.asdict(ExperimentConfig())
+    saved["train"]["objective"]["temperature"] = saved["train"]["objective"].pop(
+        "temperature_gold") * 20
+    assert from_dict(ExperimentConfig, saved).train.objective.temperature_gold == 0.2
+    with pytest.raises(ValueError, match="objective.temperature_gold must be > 0"):
+        validate(apply_overrides(TrainConfig(), ["objective.temperature=0"]),
+                 num_candidates=10)
 
 
 def _learning_rates(config: OptimizerConfig, num_steps: int, steps: int):
