@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +162,10 @@ def build_trainable_reader(config: ModelConfig, *, vocab_size: int | None = None
                                 method=config.dma, frozen=False)
     from gumbel_jax.checkpoints import load_fid_reader
 
+    if config.reader.startswith(("/", ".", "~")) and not Path(config.reader).expanduser().is_dir():
+        # A path, not a hub name: say so now rather than after a failed hub look-up.
+        raise ValueError(f"model.reader={config.reader!r}: no such folder (a start checkpoint "
+                         "is a folder, a hub name such as google-t5/t5-large, or 'tiny')")
     return load_fid_reader(config.reader, method=config.dma, frozen=False, **options)
 
 
