@@ -125,6 +125,23 @@ def grerank_step_flops(reader: T5Config, reranker: T5Config, shape: Shape, *,
             "reader_decoder_fwd_bwd": decoder, "total": total}
 
 
+def reader_training_step_flops(reader: T5Config, shape: Shape, *, remat: bool = False) -> dict:
+    """FLOPs of one reader-training step (``training.reader``): every parameter trains, so
+    the encoder, the decoder (with the memory's K/V projections) and the LM head each cost
+    forward + backward = 3x forward; per-layer remat runs the layers' forward once more.
+    ``shape.k`` is not read (the reader reads every candidate)."""
+    pairs = shape.batch * shape.docs
+    keys = shape.docs * shape.doc_len
+    answer_tokens = shape.batch * shape.answer_len
+    encoder = _stack_flops(reader, pairs * shape.doc_len, shape.doc_len, reader.num_layers)
+    decoder = _stack_flops(reader, answer_tokens, shape.answer_len, reader.num_decoder_layers,
+                           cross_keys=keys, cross_kv_tokens=shape.batch * keys)
+    lm_head = 2 * answer_tokens * reader.d_model * reader.vocab_size
+    recompute = (encoder + decoder) if remat else 0.0
+    return {"encoder_fwd_bwd": 3 * encoder, "decoder_fwd_bwd": 3 * (decoder + lm_head),
+            "remat": recompute, "total": 3 * (encoder + decoder + lm_head) + recompute}
+
+
 def synthetic_batch(rng: np.random.Generator, shape: Shape, vocab: int) -> dict:
     """Random tokens with realistic padding: ragged passages, a few padded candidates."""
     b, d, length = shape.batch, shape.docs, shape.doc_len
