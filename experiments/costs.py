@@ -1,7 +1,8 @@
 """What each paper table costs: FLOPs per G-Rerank training step and per run, and the
-expected time on one H100, a TPU v5e-8 and a TPU v4-8.
+expected time on one H100, a TPU v5e-8 and a TPU v4-8; and the same for the readers stage
+(FiD-Large trained on each multi-hop set, every time an estimate).
 
-    python -m experiments.costs            # the cost table of docs/reproduce.md (markdown)
+    python -m experiments.costs            # the cost tables of docs/reproduce.md (markdown)
 
 FLOPs count only the work the gradient needs (``benchmarks.common.grerank_step_flops``).
 Times: the H100 rate is *measured* for the trainer's own step (the HotpotQA shape at batch 32,
@@ -19,8 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from benchmarks.common import DATASHEET_BF16_TFLOPS, Shape, grerank_step_flops
-from experiments.paper import DATASETS, TABLES
+from benchmarks.common import (
+    DATASHEET_BF16_TFLOPS,
+    Shape,
+    grerank_step_flops,
+    reader_training_step_flops,
+)
+from experiments.paper import DATASETS, READER_ROWS, TABLES, reader_experiment
 from gumbel_jax.models import T5Config
 from gumbel_jax.models.presets import T5_LARGE, T5_V1_1_BASE
 
@@ -130,10 +136,46 @@ def markdown(seeds: int = 3) -> str:
     return "\n".join(lines)
 
 
+def reader_costs() -> list[Cost]:
+    """The readers stage (``experiments/configs/readers/``): FiD-Large (t5-large) trained on
+    each multi-hop set at its config's shape, every parameter trained, per-layer remat's
+    recomputation counted. Every time is an estimate: the FLOPs at the rate the reranker's
+    trainer step was measured at on one H100 (no reader has been trained at this size here)."""
+    from gumbel_jax.models.presets import architecture
+
+    costs = []
+    for dataset in READER_ROWS:
+        config = reader_experiment(dataset)
+        data = config.data
+        shape = Shape(data.batch_size, data.num_candidates, data.reader_length,
+                      data.answer_length, 0)
+        flops = reader_training_step_flops(architecture(config.model.reader_architecture),
+                                           shape, remat=config.model.remat)["total"]
+        costs.append(Cost(config.name, shape, config.train.num_steps, flops,
+                          flops / (H100_MEASURED_TFLOPS * 1e12), False))
+    return costs
+
+
+def reader_markdown() -> str:
+    lines = ["| reader (readers stage) | batch x passages x tokens | steps | TFLOP / step | "
+             "PFLOP / run | H100 (est.) | TPU v5e-8 (est.) | TPU v4-8 (est.) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for cost in reader_costs():
+        s = cost.shape
+        times = [_duration(cost.hours(cost.h100_step_s))] + [
+            _duration(cost.hours(tpu_step_s(cost, peak))) for peak in TPU_PEAK_TFLOPS.values()]
+        lines.append(f"| {cost.table} | {s.batch} x {s.docs} x {s.doc_len} | {cost.steps} | "
+                     f"{cost.step_flops / 1e12:.0f} | {cost.run_flops / 1e15:.0f} | "
+                     + " | ".join(times) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--seeds", type=int, default=3)
     print(markdown(p.parse_args(argv).seeds))
+    print()
+    print(reader_markdown())
     return 0
 
 
