@@ -11,7 +11,15 @@ import shutil
 import pytest
 
 from experiments import costs, make_tables, prepare_data, reproduce
-from experiments.paper import CONFIG_DIR, DATASETS, TABLES, load_row, load_rows, resolve_paths
+from experiments.paper import (
+    CONFIG_DIR,
+    DATASETS,
+    TABLES,
+    load_reader_rows,
+    load_row,
+    load_rows,
+    resolve_paths,
+)
 from gumbel_jax.training.config import validate
 from gumbel_jax.training.factory import build_models, parameter_count, validate_model
 
@@ -164,6 +172,7 @@ def test_whole_grid_runs_end_to_end_and_writes_predictions(grid, capsys):
     runs = grid / "runs"
     rows = load_rows()
     assert len({r.run for r in rows}) == 39
+    rows = load_reader_rows() + rows  # --table all lists the readers stage too
     # Every row's cell is listed; the ones run are finished.
     capsys.readouterr()
     assert reproduce.main(_tiny_args(grid, "--table", "all", "--seeds", "1", "--list")) == 0
@@ -300,3 +309,4 @@ def test_readme_cost_table_is_the_costs_output():
     """The cost table the README links to (docs/reproduce.md) is this module's output."""
     page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "reproduce.md"
     assert costs.markdown() in page.read_text()
+    assert costs.reader_markdown() in page.read_text()  # the readers stage
