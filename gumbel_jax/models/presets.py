@@ -10,6 +10,8 @@ for them, which the tests check our models against.
 from __future__ import annotations
 
 from gumbel_jax.models.bert import BertConfig
+from gumbel_jax.models.cepe import CepeConfig
+from gumbel_jax.models.llama import LlamaConfig
 from gumbel_jax.models.t5 import T5Config
 
 # t5-large: the FiD-Large reader (original T5: ReLU feed-forward, tied output head).
@@ -30,11 +32,24 @@ XLM_ROBERTA_BASE = BertConfig(vocab_size=250002, hidden_size=768, num_hidden_lay
                               max_position_embeddings=514, type_vocab_size=1,
                               layer_norm_eps=1e-5, pad_token_id=1, family="roberta")
 
-ARCHITECTURES: dict[str, T5Config | BertConfig] = {
+# hyen/CEPE-LLaMA-2-7B: Llama-2-7B (32 layers, d 4096, 32 heads, SwiGLU 11008, eps 1e-5)
+# cross-attending in every layer to hyen/LLaMA-MLM-Large (24 bidirectional Llama layers,
+# d 1024, 16 heads, SwiGLU 4096, eps 1e-6, vocabulary 32001 in its config).
+CEPE_LLAMA_2_7B = CepeConfig(
+    decoder=LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                        num_hidden_layers=32, num_attention_heads=32, rms_norm_eps=1e-5,
+                        max_position_embeddings=4096),
+    encoder=LlamaConfig(vocab_size=32001, hidden_size=1024, intermediate_size=4096,
+                        num_hidden_layers=24, num_attention_heads=16, rms_norm_eps=1e-6,
+                        max_position_embeddings=512),
+    num_cross_attn_layers=32)
+
+ARCHITECTURES: dict[str, T5Config | BertConfig | CepeConfig] = {
     "t5-large": T5_LARGE,
     "t5-base": T5_BASE,
     "t5-v1_1-base": T5_V1_1_BASE,
     "xlm-roberta-base": XLM_ROBERTA_BASE,
+    "cepe-llama-2-7b": CEPE_LLAMA_2_7B,
 }
 
 # Parameters as Hugging Face counts them (tied embeddings once): t5-large 737.67M,
@@ -45,10 +60,12 @@ PUBLIC_PARAMETER_COUNTS = {
     "t5-base": 222_903_552,
     "t5-v1_1-base": 247_577_856,
     "xlm-roberta-base": 278_044_417,
+    # Llama-2 6,738,415,616 + cross-attention 1,342,308,352 + encoder 435,472,384.
+    "cepe-llama-2-7b": 8_516_196_352,
 }
 
 
-def architecture(name: str) -> T5Config | BertConfig:
+def architecture(name: str) -> T5Config | BertConfig | CepeConfig:
     """The preset called ``name``; an unknown name is an error listing the known ones."""
     try:
         return ARCHITECTURES[name]
