@@ -10,7 +10,7 @@ from the HotpotQA step); a TPU v5e-8 about 7 min per seed (estimate; python -m
 experiments.costs). On GPUs add --set model.attention=cudnn.
 
 Needs: the gj_two_wiki dataset (python -m experiments.prepare_data --dataset 2wiki ...),
-fid-large-2wiki (a FiD-Large reader trained on 2WikiMultiHopQA) in --models_dir, and
+fid-large-2wiki (FiD-Large on 2WikiMultiHopQA, built by --table readers) in --models_dir, and
 Soyoung97/RankT5-base from the Hugging Face hub.
 """
 

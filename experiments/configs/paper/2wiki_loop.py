@@ -12,7 +12,7 @@ times per step (forward only): its step took 1.53x G-Rerank's on HotpotQA's shap
 measured), and grows with the number of passages.
 
 Needs: the gj_two_wiki dataset (python -m experiments.prepare_data --dataset 2wiki ...),
-fid-large-2wiki (a FiD-Large reader trained on 2WikiMultiHopQA) in --models_dir, and
+fid-large-2wiki (FiD-Large on 2WikiMultiHopQA, built by --table readers) in --models_dir, and
 Soyoung97/RankT5-base from the Hugging Face hub.
 """
 

@@ -10,7 +10,7 @@ time was measured); a TPU v5e-8 about 7 min per seed (estimate; python -m
 experiments.costs). On GPUs add --set model.attention=cudnn.
 
 Needs: the gj_hotpotqa dataset (python -m experiments.prepare_data --dataset hotpotqa ...),
-fid-large-hotpotqa (a FiD-Large reader trained on HotpotQA) in --models_dir, and
+fid-large-hotpotqa (FiD-Large on HotpotQA, built by --table readers) in --models_dir, and
 Soyoung97/RankT5-base from the Hugging Face hub. The paper reports its ablations
 qualitatively (the noise and a pretrained start help). The reference row: the same run as
 the HotpotQA table's G-Rerank row.

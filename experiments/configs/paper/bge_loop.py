@@ -12,7 +12,7 @@ passages n + 1 times per step (forward only): its step took 1.53x G-Rerank's on 
 shape (H100, measured), and grows with the number of passages.
 
 Needs: the gj_hotpotqa dataset (python -m experiments.prepare_data --dataset hotpotqa ...),
-fid-large-hotpotqa (a FiD-Large reader trained on HotpotQA) in --models_dir, and
+fid-large-hotpotqa (FiD-Large on HotpotQA, built by --table readers) in --models_dir, and
 BAAI/bge-reranker-base from the Hugging Face hub.
 """
 

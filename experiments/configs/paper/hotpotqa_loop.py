@@ -12,7 +12,7 @@ times per step (forward only): its step took 1.53x G-Rerank's on HotpotQA's shap
 measured), and grows with the number of passages.
 
 Needs: the gj_hotpotqa dataset (python -m experiments.prepare_data --dataset hotpotqa ...),
-fid-large-hotpotqa (a FiD-Large reader trained on HotpotQA) in --models_dir, and
+fid-large-hotpotqa (FiD-Large on HotpotQA, built by --table readers) in --models_dir, and
 Soyoung97/RankT5-base from the Hugging Face hub.
 """
 

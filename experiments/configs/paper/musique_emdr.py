@@ -10,7 +10,7 @@ passages; estimated from FLOPs); a TPU v5e-8 about 14 min per seed (estimate; py
 experiments.costs). On GPUs add --set model.attention=cudnn.
 
 Needs: the gj_musique dataset (python -m experiments.prepare_data --dataset musique ...),
-fid-large-musique (a FiD-Large reader trained on MuSiQue) in --models_dir, and
+fid-large-musique (FiD-Large on MuSiQue, built by --table readers) in --models_dir, and
 Soyoung97/RankT5-base from the Hugging Face hub.
 """
 

@@ -12,7 +12,7 @@ times per step (forward only): its step took 1.53x G-Rerank's on HotpotQA's shap
 measured), and grows with the number of passages.
 
 Needs: the gj_musique dataset (python -m experiments.prepare_data --dataset musique ...),
-fid-large-musique (a FiD-Large reader trained on MuSiQue) in --models_dir, and
+fid-large-musique (FiD-Large on MuSiQue, built by --table readers) in --models_dir, and
 Soyoung97/RankT5-base from the Hugging Face hub.
 """
 
