@@ -200,7 +200,12 @@ def restore_run(workdir, *, checkpoint: str = "latest") -> RestoredRun:
         raise FileNotFoundError(f"{workdir}: no experiment.json (not a training run folder)")
     if checkpoint not in ("latest", "best"):
         raise ValueError(f"checkpoint={checkpoint!r}: expected 'latest' or 'best'")
-    config = from_dict(ExperimentConfig, json.loads(saved.read_text()))
+    raw = json.loads(saved.read_text())
+    if raw.get("stage") == "reader":  # training.reader's run folder
+        raise ValueError(f"{workdir}: a reader training run; its reader is exported when it "
+                         "finishes (python -m experiments.train_reader --config FILE --workdir "
+                         f"{workdir} --export OUT exports it again)")
+    config = from_dict(ExperimentConfig, raw)
     reader, ranker, _, eval_records, featurize = build(config)
     if checkpoint == "best":
         step = int(load_best(workdir, ranker)["step"])
