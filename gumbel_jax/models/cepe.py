@@ -27,7 +27,7 @@ from gumbel_jax.models.llama import (
     lm_logits,
     valid_positions,
 )
-from gumbel_jax.models.reader import Memory
+from gumbel_jax.models.reader import Memory, aggregate_document_attention
 from gumbel_jax.ops import mask_value
 
 
@@ -264,7 +264,8 @@ class CepeReader(nnx.Module):
     # --- Teacher-forced decoding ------------------------------------------------------
 
     def decode_hidden(self, memory: CepeMemory, answer_ids, doc_log_mask=None, *,
-                      method: DmaMethod | None = None, return_doc_weights: bool = False):
+                      method: DmaMethod | None = None, return_doc_weights: bool = False,
+                      weight_by_value_norm: bool = False):
         """Decoder states at the positions that predict each answer token, ``[batch,
         tgt_len, width]`` (and the cross-attention mass per document at those positions,
         ``[cross layers, batch, heads, tgt_len, docs]``, if asked).
@@ -279,7 +280,8 @@ class CepeReader(nnx.Module):
         out = self.model(sequence, valid_positions(valid),
                          causal_bias(valid, sequence.shape[-1]), self._memory_key_values(memory),
                          doc_log_mask, memory.valid, method=method or self.method,
-                         return_doc_weights=return_doc_weights)
+                         return_doc_weights=return_doc_weights,
+                         weight_by_value_norm=weight_by_value_norm)
         if return_doc_weights:
             hidden, weights = out
             return hidden[:, prompt - 1:], weights[..., prompt - 1:, :]
@@ -290,26 +292,30 @@ class CepeReader(nnx.Module):
         forcing on ``answer_ids``)."""
         return lm_logits(self, self.decode_hidden(memory, answer_ids, doc_log_mask))
 
-    def token_log_probs(self, memory: CepeMemory, answer_ids, answer_mask, doc_log_mask=None):
+    def token_log_probs(self, memory: CepeMemory, answer_ids, answer_mask, doc_log_mask=None,
+                        *, temperature: float = 1.0):
         """Teacher-forced log p(answer token | prompt, contexts): float32 ``[batch,
-        tgt_len]``, 0 on padding; differentiable in ``doc_log_mask [batch, docs]``."""
+        tgt_len]``, 0 on padding; differentiable in ``doc_log_mask [batch, docs]``.
+        ``temperature`` divides the vocabulary logits (EMDR's ``temperature_gold``)."""
         _check_mask(memory, doc_log_mask)
-        log_probs = jax.nn.log_softmax(self.answer_logits(memory, answer_ids, doc_log_mask), -1)
+        logits = self.answer_logits(memory, answer_ids, doc_log_mask)
+        log_probs = jax.nn.log_softmax(logits / temperature, -1)
         picked = jnp.take_along_axis(log_probs, answer_ids[..., None], axis=-1)[..., 0]
         return jnp.where(answer_mask, picked, 0.0)
 
     def document_attention(self, memory: CepeMemory, answer_ids, answer_mask,
-                           doc_log_mask=None):
+                           doc_log_mask=None, *, value_weighted: bool = False):
         """Cross-attention mass on each document averaged over cross-attention layers, heads
-        and the positions that predict answer tokens: ``[batch, docs]``, rows summing to 1
-        (the ADist signal)."""
+        and the positions that predict answer tokens: ``[batch, docs]``, rows summing to 1.
+        With ``value_weighted`` each key's probability is first multiplied by the norm of
+        its value vector (Atlas's ``evalnormsum``, ADist's signal); rows then do not sum
+        to 1."""
         _check_mask(memory, doc_log_mask)
         log_mask = memory.full_log_mask() if doc_log_mask is None else doc_log_mask
         _, weights = self.decode_hidden(memory, answer_ids, log_mask, method="blockwise",
-                                        return_doc_weights=True)
-        per_token = weights.mean(axis=(0, 2))  # [batch, tgt_len, docs]
-        mask = answer_mask.astype(jnp.float32)[..., None]
-        return (per_token * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+                                        return_doc_weights=True,
+                                        weight_by_value_norm=value_weighted)
+        return aggregate_document_attention(weights, answer_mask)
 
     # --- Generation ---------------------------------------------------------------------
 

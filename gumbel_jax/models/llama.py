@@ -170,16 +170,18 @@ class CrossAttention(LlamaAttention):
         self.layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=config.dtype)
 
     def __call__(self, x, keys, values, doc_log_mask, memory_valid, *, method: DmaMethod,
-                 return_doc_weights: bool = False):
+                 return_doc_weights: bool = False, weight_by_value_norm: bool = False):
         """``x [batch, queries, width]``; ``keys``/``values`` ``[batch, docs * doc_len,
         kv_heads, head_dim]`` (:meth:`key_values` of the memory); ``doc_log_mask [batch,
         docs]`` or None. Returns the update ``[batch, queries, width]`` and, if asked, the
-        attention mass per document ``[batch, heads, queries, docs]`` (else None)."""
+        attention mass per document ``[batch, heads, queries, docs]`` (else None), or with
+        ``weight_by_value_norm`` Atlas's value-norm-weighted sum (``attention``)."""
         query = self.query(self.layernorm(x))
         out = document_masked_attention(
             query, repeat_heads(keys, self.heads), repeat_heads(values, self.heads),
             doc_log_mask, memory_valid, method=method, implementation=self.implementation,
-            scale=self.scale, return_doc_weights=return_doc_weights)
+            scale=self.scale, return_doc_weights=return_doc_weights,
+            weight_by_value_norm=weight_by_value_norm)
         out, weights = out if return_doc_weights else (out, None)
         return self.output(out), weights
 
@@ -282,7 +284,8 @@ class LlamaStack(nnx.Module):
 
     def __call__(self, input_ids, positions, self_bias, cross_kv=None, doc_log_mask=None,
                  memory_valid=None, *, method: DmaMethod = "bias",
-                 return_doc_weights: bool = False, return_key_values: bool = False):
+                 return_doc_weights: bool = False, weight_by_value_norm: bool = False,
+                 return_key_values: bool = False):
         """Final-normed states ``[batch, len, width]``.
 
         Args:
@@ -294,9 +297,11 @@ class LlamaStack(nnx.Module):
           method: document-masked attention, ``"bias"`` or ``"blockwise"``.
           return_doc_weights: also return the cross-attention mass per document, ``[cross
             layers, batch, heads, len, docs]``.
+          weight_by_value_norm: those statistics weight each key by its value norm.
           return_key_values: also return each layer's self-attention keys and values.
         """
-        options = {"method": method, "return_doc_weights": return_doc_weights}
+        options = {"method": method, "return_doc_weights": return_doc_weights,
+                   "weight_by_value_norm": weight_by_value_norm}
         per_layer = dict(zip(self.cross_layers, cross_kv or (), strict=False))
 
         def run_layer(layer, x, positions, self_bias, kv, doc_log_mask, memory_valid):

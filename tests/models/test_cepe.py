@@ -325,6 +325,50 @@ def test_document_attention_sums_to_one_and_follows_the_mask(reader, memory, bat
     assert float(masked[0, 1]) < 1e-6 and float(masked[0, 0]) > float(mass[0, 0])
 
 
+def test_value_weighted_statistic_and_temperature(reader, memory, batch):
+    """ADist's value-norm statistic follows the mask too; EMDR's temperature divides the
+    vocabulary logits."""
+    log_mask = jnp.asarray([[0.0, ops.mask_value(jnp.float32), 0.0, 0.0]] * 2)
+    weighted = reader.document_attention(memory, batch["answer_ids"], batch["answer_mask"],
+                                         log_mask, value_weighted=True)
+    mass = reader.document_attention(memory, batch["answer_ids"], batch["answer_mask"],
+                                     log_mask)
+    assert float(weighted[0, 1]) < 1e-6 and np.all(np.asarray(weighted)[:, [0, 2]] > 0)
+    assert not np.allclose(weighted, mass)
+    hot = reader.token_log_probs(memory, batch["answer_ids"], batch["answer_mask"],
+                                 temperature=2.0)
+    logits = reader.answer_logits(memory, batch["answer_ids"]) / 2.0
+    expected = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
+                                   batch["answer_ids"][..., None], -1)[..., 0]
+    np.testing.assert_allclose(hot, jnp.where(batch["answer_mask"], expected, 0.0), atol=1e-6)
+
+
+def test_every_objective_trains_a_reranker_through_a_cepe_reader(reader, batch):
+    """Each loss of the trainer's registry, with CEPE as the frozen reader: finite, and a
+    gradient to the reranker scores that only padded candidates lack."""
+    from gumbel_jax.data.batch import Batch
+    from gumbel_jax.training.config import ObjectiveConfig
+    from gumbel_jax.training.step import OBJECTIVE_LOSSES
+
+    ids, mask = packed(batch)
+    doc_valid = batch["context_mask"].any(-1)
+    gold = jnp.asarray([[True, False, False, True], [False, True, False, False]])
+    data = Batch(reader_ids=ids, reader_mask=mask, ranker_ids=ids, ranker_mask=mask,
+                 doc_valid=doc_valid, answer_ids=batch["answer_ids"],
+                 answer_mask=batch["answer_mask"], gold=gold, indirect=gold & False,
+                 example_id=jnp.asarray([3, 9], jnp.int32))
+    # Small scores: the baselines' reranker softmax at theta = 0.01 must not saturate.
+    scores = 0.005 * jax.random.normal(jax.random.key(9), (2, DOCS))
+    for name, loss_fn in OBJECTIVE_LOSSES.items():
+        config = ObjectiveConfig(name=name, k=2)
+        loss, grad = jax.jit(jax.value_and_grad(
+            lambda s, loss_fn=loss_fn, config=config: loss_fn(config, s, reader, data,
+                                                              jax.random.key(1))))(scores)
+        assert np.isfinite(float(loss)), name
+        assert np.all(np.asarray(grad)[1, 3] == 0), name
+        assert np.any(np.asarray(grad)[0] != 0), name
+
+
 def test_only_the_last_layers_cross_attend_when_configured():
     config = CepeConfig.from_hf({**hf_cepe_config(), "num_cross_attn_layers": 1})
     reader = nnx.eval_shape(lambda: CepeReader.random(config))
