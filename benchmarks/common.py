@@ -270,13 +270,14 @@ def provenance() -> dict:
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
-def write_report(path: str | None, report: dict) -> None:
+def write_report(path: str | None, report: dict, *, echo: bool = True) -> None:
     source = provenance()
     # The commit and command at the top level too, where readers of a result look first.
     report = {"git_commit": source["git_commit"], "command": source["command"], **report,
               "provenance": source}
     text = json.dumps(report, indent=2, default=float)
-    print(text)
+    if echo:
+        print(text)
     if path:
         pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(path).write_text(text + "\n")

@@ -42,8 +42,11 @@ def make_step(args, *, abstract: bool = False):
     config = model_config(args)
     reader, ranker = build_models(config, vocab_size=common.TINY_VOCAB, seed=0,
                                   abstract=abstract)
+    # The issue-17 levers' "before", switchable on the trainer's own models.
     if getattr(args, "no_fold", False) and hasattr(ranker, "fold_cross_attention"):
-        ranker.fold_cross_attention = False  # the lever's "before": the general decoder
+        ranker.fold_cross_attention = False  # the general decoder
+    if getattr(args, "dense_bias", False) and hasattr(ranker, "right_padded"):
+        ranker.right_padded = False  # a [rows, heads, len, len] encoder bias
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     batch = common.synthetic_batch(np.random.default_rng(0), shape, common.TINY_VOCAB
                                    if config.reader == "tiny" else 32128)
@@ -79,7 +82,8 @@ def run(args) -> dict:
     report = {
         "benchmark": "grerank_step", "size": args.size, "shape": vars(shape),
         "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention",
-                                                  "remat", "num_samples", "no_fold")},
+                                                  "remat", "num_samples", "no_fold",
+                                                  "dense_bias")},
         "device": common.device_description(), **timing,
         "questions_per_s": args.batch / timing["step_s_median"],
         **common.throughput(common.real_work(jax.device_get(batch)),
@@ -131,6 +135,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no_fold", action="store_true",
                    help="run RankT5's general decoder instead of the folded one-query "
                         "cross-attention (the lever's before)")
+    p.add_argument("--dense_bias", action="store_true",
+                   help="give RankT5's encoder the materialised [rows, heads, len, len] bias "
+                        "instead of row lengths (the lever's before)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also record a jax.profiler trace of --profile_steps steps in DIR and "
                         "put the top device ops by time in the report")

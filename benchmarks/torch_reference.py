@@ -227,7 +227,8 @@ def _consistency_check(device: str) -> dict:
     }
 
 
-def run(args) -> dict:
+def run(args, save=lambda report: None) -> dict:
+    """The report; ``save(report)`` is called after every timing with the report so far."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -245,35 +246,53 @@ def run(args) -> dict:
     reader_cfg, ranker_cfg = model_architectures(common.model_config(args.size,
                                                                      dtype="float32"),
                                                  common.TINY_VOCAB)
-    shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
-    report["shape"] = dataclasses.asdict(shape)
     model = TorchGRerank(reader_cfg, ranker_cfg, device=device, dtype=torch.bfloat16,
                          score_token=RANKT5_SCORE_TOKEN_ID if paper else 7, k=args.k)
+    for batch_size, mode in attempts(args):
+        shape = common.Shape(batch_size, args.docs, args.doc_len, args.answer_len, args.k)
+        target = report if batch_size == args.batch else report.setdefault(
+            "other_batches", {}).setdefault(str(batch_size), {})
+        target["shape"] = dataclasses.asdict(shape)
+        target[mode] = _time_mode(torch, device, model, shape, mode, args, reader_cfg,
+                                  ranker_cfg, report["device_name"])
+        save(report)  # a later attempt that never returns cannot lose this one
+    return report
+
+
+def attempts(args) -> list[tuple[int, str]]:
+    """(batch, mode) in the order they run: eager at ``--batch``, the ``--extra_batches``
+    attempts, and compiled runs last (the slowest to start)."""
+    runs = [(args.batch, mode) for mode in args.modes]
+    runs += [(batch, mode) for batch in args.extra_batches for mode in args.extra_modes]
+    return sorted(runs, key=lambda run: run[1] == "compile")
+
+
+def _time_mode(torch, device, model, shape, mode, args, reader_cfg, ranker_cfg,
+               device_name) -> dict:
+    """One timing of ``model.step`` (eager or compiled) on a synthetic batch of ``shape``."""
     batch = _to_torch(common.synthetic_batch(np.random.default_rng(0), shape,
                                              reader_cfg.vocab_size), torch, device)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def noise():
-        u = torch.rand((args.k, args.batch, args.docs), device=device, generator=generator)
+        u = torch.rand((shape.k, shape.batch, shape.docs), device=device, generator=generator)
         return -torch.log(-torch.log(u.clamp(min=1e-20, max=1 - 1e-7)))
 
     flops = common.grerank_step_flops(reader_cfg, ranker_cfg, shape)["total"]
-    for mode in args.modes:
-        step = model.step if mode == "eager" else torch.compile(model.step)
-        report[mode] = _time_torch(torch, device, lambda step=step: step(batch, noise()), args,
-                                   flops)
-        if mode == "compile" and "first_call_s" in report[mode]:
-            # The first call traces and compiles; the compile time is what it costs beyond
-            # an ordinary step.
-            report[mode]["compile_s"] = (report[mode]["first_call_s"]
-                                         - report[mode]["step_s_median"])
-        peak = common.datasheet_peak_tflops(report["device_name"])
-        if peak and "achieved_tflops" in report[mode]:
-            report[mode]["mfu_datasheet"] = report[mode]["achieved_tflops"] / peak
-    return report
+    step = model.step if mode == "eager" else torch.compile(model.step)
+    result = _time_torch(torch, device, lambda: step(batch, noise()), args, shape.batch,
+                         flops)
+    if mode == "compile" and "first_call_s" in result:
+        # The first call traces and compiles; the compile time is what it costs beyond an
+        # ordinary step.
+        result["compile_s"] = result["first_call_s"] - result["step_s_median"]
+    peak = common.datasheet_peak_tflops(device_name)
+    if peak and "achieved_tflops" in result:
+        result["mfu_datasheet"] = result["achieved_tflops"] / peak
+    return result
 
 
-def _time_torch(torch, device, fn, args, flops) -> dict:
+def _time_torch(torch, device, fn, args, batch_size, flops) -> dict:
     """Median, min and max seconds per step after warm-up (each step synchronised). A step
     that fails (out of memory, a compiler error) is recorded as ``error``, not raised, so one
     attempt cannot lose the rest of a run."""
@@ -306,7 +325,7 @@ def _time_torch(torch, device, fn, args, flops) -> dict:
     median = float(np.median(times))
     out = {"first_call_s": first, "step_s_median": median, "step_s_min": float(min(times)),
            "step_s_max": float(max(times)), "steps": len(times),
-           "questions_per_s": args.batch / median, "achieved_tflops": flops / median / 1e12}
+           "questions_per_s": batch_size / median, "achieved_tflops": flops / median / 1e12}
     if device == "cuda":
         out["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     return out
@@ -318,12 +337,22 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager"])
+    p.add_argument("--extra_batches", type=int, nargs="*", default=[],
+                   help="also try these batch sizes (same models) in --extra_modes; an "
+                        "attempt that runs out of memory is recorded as such")
+    p.add_argument("--extra_modes", nargs="+", choices=["eager", "compile"],
+                   default=["eager"])
     p.add_argument("--check", action="store_true",
                    help="first compare the loss and its gradient with ours on tiny models "
                         "(whatever --size says): shared weights, same noise")
     p.add_argument("--out", default=None)
     args = common.fill_shape_defaults(p.parse_args(argv), paper_batch=16)
-    common.write_report(args.out, run(args))
+    common.write_report(args.out, run(args, save=lambda report: _save(args.out, report)))
+
+
+def _save(path, report) -> None:
+    if path:
+        common.write_report(path, report, echo=False)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Document-masked attention (DMA) multiplies the attention to every token of docum
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,45 @@ DmaMethod = Literal["bias", "blockwise"]
 Implementation = Literal["xla", "cudnn"] | None
 
 
+class RightPaddedBias(NamedTuple):
+    """Self-attention's additive bias for right-padded rows, without the ``[batch, heads,
+    queries, keys]`` tensor: a bias shared by the batch plus each row's length. Token ``t``
+    of a row is real iff ``t < lengths``; keys past it are masked. A fused kernel takes the
+    lengths directly, so neither the bias per row nor its gradient per row is formed.
+
+    Attributes:
+      bias: ``[1, heads, queries, keys]`` (T5's relative position bias).
+      lengths: ``[batch]`` int, real tokens per row.
+    """
+
+    bias: jax.Array
+    lengths: jax.Array
+
+    def dense(self, dtype=jnp.float32):
+        """The equal materialised bias ``[batch, heads, queries, keys]``."""
+        key_valid = jnp.arange(self.bias.shape[-1]) < self.lengths[:, None]
+        return self.bias.astype(dtype) + padding_bias(key_valid, dtype)
+
+
+def _right_padded_attention(query, key, value, bias: RightPaddedBias, *, scale,
+                            implementation: Implementation):
+    """``dot_attention`` with a :class:`RightPaddedBias`: lengths to the kernel. Padded
+    query rows may differ from the materialised form (cuDNN returns zeros there); real rows
+    do not depend on them. A row without tokens attends to its first token (lengths of 0
+    are not a kernel case), a row that is masked downstream."""
+    implementation = supported_kernel(implementation, query, key, has_bias=True)
+    if implementation is None:
+        return dot_attention(query, key, value, bias.dense(), scale=scale)
+    shared = bias.bias
+    if implementation == "cudnn":
+        shared = jnp.maximum(shared, ops.mask_value(query.dtype)).astype(query.dtype)
+    lengths = jnp.maximum(bias.lengths, 1).astype(jnp.int32)
+    return jax.nn.dot_product_attention(query, key, value, bias=shared, scale=scale,
+                                        query_seq_lengths=lengths,
+                                        key_value_seq_lengths=lengths,
+                                        implementation=implementation)
+
+
 def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
                   implementation: Implementation = None):
     """Multi-head attention with an additive bias and a float32 softmax.
@@ -30,7 +69,8 @@ def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
     Args:
       query: ``[batch, queries, heads, dim]``.
       key, value: ``[batch, keys, heads, dim]``.
-      bias: optional additive bias broadcastable to ``[batch, heads, queries, keys]``.
+      bias: optional additive bias broadcastable to ``[batch, heads, queries, keys]``, or a
+        :class:`RightPaddedBias` (self-attention of right-padded rows).
       scale: logit scale (T5 uses 1, BERT ``dim ** -0.5``).
       implementation: None for our einsum path (float32 logits); ``"xla"`` or ``"cudnn"`` for
         ``jax.nn.dot_product_attention``.
@@ -38,6 +78,9 @@ def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
     Returns:
       ``[batch, queries, heads, dim]`` in the dtype of ``query``.
     """
+    if isinstance(bias, RightPaddedBias):
+        return _right_padded_attention(query, key, value, bias, scale=scale,
+                                       implementation=implementation)
     implementation = supported_kernel(implementation, query, key, has_bias=bias is not None)
     if implementation is not None:
         if bias is not None and implementation == "cudnn":

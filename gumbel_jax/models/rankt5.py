@@ -19,7 +19,7 @@ class RankT5(nnx.Module):
     """Scores ``[..., len]`` tokenised (query, document) pairs -> ``[...]`` float32 scores."""
 
     def __init__(self, t5: T5EncoderDecoder, *, score_token_id: int = RANKT5_SCORE_TOKEN_ID,
-                 fold_cross_attention: bool = True):
+                 fold_cross_attention: bool = True, right_padded: bool = True):
         if not 0 <= score_token_id < t5.config.vocab_size:
             raise ValueError(f"score_token_id {score_token_id} is outside the vocabulary "
                              f"(size {t5.config.vocab_size})")
@@ -28,6 +28,10 @@ class RankT5(nnx.Module):
         # The decoder's one query read through folded projections (see
         # start_token_decoder); False runs the general decoder (the same function).
         self.fold_cross_attention = fold_cross_attention
+        # Masks are prefixes (the pipeline pads on the right): the encoder's kernel gets the
+        # row lengths, not a [rows, heads, len, len] bias and its gradient. A row whose mask
+        # is not a prefix scores NaN (a loud failure, not a wrong score).
+        self.right_padded = right_padded
 
     @classmethod
     def random(cls, config: T5Config, *, seed: int = 0, **options) -> RankT5:
@@ -37,14 +41,23 @@ class RankT5(nnx.Module):
         leading, length = input_ids.shape[:-1], input_ids.shape[-1]
         flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length).astype(bool)
-        memory = self.t5.encode(flat_ids, flat_mask)
+        memory = self.t5.encode(flat_ids, flat_mask, right_padded=self.right_padded)
         start = jnp.full((flat_ids.shape[0], 1), self.t5.config.decoder_start_token_id,
                          jnp.int32)
         if self.fold_cross_attention:
             hidden = start_token_decoder(self.t5, memory, flat_mask)
         else:
             hidden = self.t5.decode_hidden(start, memory, flat_mask)[:, 0]
-        return self.t5.token_logit(hidden, self.score_token_id).reshape(leading)
+        scores = self.t5.token_logit(hidden, self.score_token_id)
+        if self.right_padded:
+            scores = jnp.where(is_prefix(flat_mask), scores, jnp.nan)
+        return scores.reshape(leading)
+
+
+def is_prefix(mask):
+    """``[rows, len]`` boolean -> ``[rows]``: whether each row's True entries come first."""
+    lengths = jnp.sum(mask, axis=-1, keepdims=True)
+    return jnp.all(mask == (jnp.arange(mask.shape[-1]) < lengths), axis=-1)
 
 
 def start_token_decoder(t5: T5EncoderDecoder, memory, memory_valid):

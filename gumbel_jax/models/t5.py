@@ -15,6 +15,7 @@ from flax import nnx, struct
 from gumbel_jax.models.attention import (
     DmaMethod,
     Implementation,
+    RightPaddedBias,
     document_masked_attention,
     dot_attention,
     padding_bias,
@@ -364,10 +365,19 @@ class T5EncoderDecoder(nnx.Module):
             self.lm_head = dense(config.d_model, config.vocab_size, rngs, dtype=config.dtype,
                                  axes=("embed", "vocab"))
 
-    def encode(self, input_ids, attention_mask):
-        """``[batch, len]`` ids and boolean mask -> ``[batch, len, d_model]``."""
+    def encode(self, input_ids, attention_mask, *, right_padded: bool = False):
+        """``[batch, len]`` ids and boolean mask -> ``[batch, len, d_model]``.
+
+        ``right_padded``: the caller guarantees every mask row is a prefix (the data
+        pipeline's padding); the kernel then gets the row lengths and the position bias
+        shared by the batch (``attention.RightPaddedBias``) instead of a ``[batch, heads,
+        len, len]`` bias, the same outputs at real tokens.
+        """
         length = input_ids.shape[-1]
         position = self.encoder.position_bias(length, length)
+        if right_padded:
+            lengths = jnp.sum(attention_mask, axis=-1, dtype=jnp.int32)
+            return self.encoder(self.shared(input_ids), RightPaddedBias(position, lengths))
         bias = position + padding_bias(attention_mask, position.dtype)
         return self.encoder(self.shared(input_ids), bias)
 
