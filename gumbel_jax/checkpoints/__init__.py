@@ -7,6 +7,7 @@ from gumbel_jax.checkpoints.bert import (
     load_bert_encoder,
     load_cross_encoder,
 )
+from gumbel_jax.checkpoints.cepe import load_cepe, load_llama
 from gumbel_jax.checkpoints.t5 import (
     load_fid_reader,
     load_rankt5,
@@ -20,8 +21,10 @@ __all__ = [
     "bert_encoder_from_tensors",
     "cross_encoder_from_tensors",
     "load_bert_encoder",
+    "load_cepe",
     "load_cross_encoder",
     "load_fid_reader",
+    "load_llama",
     "load_rankt5",
     "load_t5",
     "normalize_t5_names",

@@ -87,12 +87,13 @@ def stream_shard(file: pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def _stored(array: np.ndarray, transpose: bool, dtype) -> np.ndarray:
-    """The checkpoint array as we store it: cast first (the copy is at the small dtype), then
-    transposed as a view (device placement makes it contiguous)."""
+    """The checkpoint array as we store it, made in one pass (cast and transposed into one
+    contiguous copy at the stored dtype, the only host copy of the tensor)."""
     array = np.asarray(array)
-    if np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16":
-        array = array.astype(dtype, copy=False)
-    return array.T if transpose else array
+    if transpose:
+        array = array.T
+    floating = np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"
+    return np.ascontiguousarray(array, dtype=dtype if floating else array.dtype)
 
 
 def stream_parameters(model: nnx.Module, model_dir: pathlib.Path, *, weight_dtype=jnp.float32,
@@ -126,7 +127,10 @@ def assign_tensors(model: nnx.Module, tensors: Iterable[tuple[str, np.ndarray]] 
     placed as it comes (arguments as :func:`stream_parameters`)."""
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     by_name = {name: path for path, name in checkpoint_names(model).items()}
-    placement = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
+    # Each leaf of a sharding state is a Param holding one sharding: unwrap it.
+    placement = ({path: jax.tree.leaves(leaf)[0]
+                  for path, leaf in nnx.to_flat_state(shardings)}
+                 if shardings is not None else {})
     seen, misshaped, unexpected = set(), [], set()
     for name, array in (tensors.items() if isinstance(tensors, Mapping) else tensors):
         path = by_name.get(name)
