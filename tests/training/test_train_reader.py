@@ -80,6 +80,18 @@ def test_reader_rows_use_fids_recipe_and_every_multihop_row_names_its_reader():
             250, 0, "google-t5/t5-large")
         assert config.train.best_metric == "em" and config.model.dtype == "bfloat16"
         assert config.model.remat
+    # At full size, abstractly: t5-large's public parameter count, float32 parameters (the
+    # compute dtype is bfloat16), per-layer remat.
+    from gumbel_jax.models.presets import PUBLIC_PARAMETER_COUNTS
+    from gumbel_jax.training.factory import build_trainable_reader, parameter_count
+
+    model = dataclasses.replace(readers["fid-large-hotpotqa"].experiment.model,
+                                reader_init="random")
+    reader = nnx.eval_shape(lambda: build_trainable_reader(model))
+    assert parameter_count(reader) == PUBLIC_PARAMETER_COUNTS["t5-large"]
+    assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(reader, nnx.Param))} == {
+        jnp.dtype(jnp.float32)}
+    assert reader.config.remat and reader.config.dtype == jnp.bfloat16 and not reader.frozen
     pools = {run: readers[run].experiment.data.num_candidates for run in readers}
     assert pools == {"fid-large-hotpotqa": 10, "fid-large-musique": 20, "fid-large-2wiki": 10}
     for row in load_rows():  # each reranker row reads a trained reader or FiD's release
