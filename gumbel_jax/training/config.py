@@ -23,6 +23,7 @@ ObjectiveName = Literal["g_rerank", "emdr", "pdist", "loop", "adist", "supervise
 # implements exactly these.
 OBJECTIVES: tuple[str, ...] = typing.get_args(ObjectiveName)
 RerankerKind = Literal["rankt5", "cross_encoder"]  # RankT5, or BERT / XLM-R (e.g. BGE)
+ReaderKind = Literal["fid", "cepe"]  # Fusion-in-Decoder (T5), or CEPE (Llama-2 + encoder)
 Init = Literal["pretrained", "random"]
 AttentionKernel = Literal["", "xla", "cudnn"]  # "": our einsum path
 ComputeDtype = Literal["float32", "bfloat16"]
@@ -125,6 +126,11 @@ class ModelConfig:
     reader: str = "tiny"
     reranker: str = "tiny"
     reranker_kind: RerankerKind = "rankt5"
+    # "cepe": a CEPE reader (models.cepe): candidates go to its context encoder, the decoder
+    # reads the question prompt (its last ``cepe_prompt_length`` tokens of every reader row,
+    # data.cepe_inputs) and the answer.
+    reader_kind: ReaderKind = "fid"
+    cepe_prompt_length: int = 64
     # "pretrained" loads ``reranker``; "random" starts from random weights of
     # ``reranker_architecture`` (the from-scratch ablation; ``reranker`` still names the
     # tokenizer).

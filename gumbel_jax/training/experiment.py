@@ -76,9 +76,14 @@ def _featurizer(config: ExperimentConfig, reader_tokenizer, ranker_tokenizer) ->
     options = {}
     if config.model.reranker_kind == "cross_encoder":
         options["ranker_template"] = cross_encoder_pair
-    return Featurizer(reader_tokenizer, ranker_tokenizer,
-                      FeatureSpec(data.num_candidates, data.reader_length, data.ranker_length,
-                                  data.answer_length), **options)
+    spec = FeatureSpec(data.num_candidates, data.reader_length, data.ranker_length,
+                       data.answer_length)
+    if config.model.reader_kind == "cepe":  # candidates to the encoder, the question prompt
+        from gumbel_jax.data.cepe_inputs import CepeFeaturizer
+
+        return CepeFeaturizer(reader_tokenizer, ranker_tokenizer, spec,
+                              prompt_length=config.model.cepe_prompt_length, **options)
+    return Featurizer(reader_tokenizer, ranker_tokenizer, spec, **options)
 
 
 def build(config: ExperimentConfig):

@@ -24,7 +24,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gumbel_jax.models import BertConfig, CrossEncoder, FiDReader, RankT5, T5Config
+from gumbel_jax.models import (
+    BertConfig,
+    CepeConfig,
+    CepeReader,
+    CrossEncoder,
+    FiDReader,
+    LlamaConfig,
+    RankT5,
+    T5Config,
+)
 from gumbel_jax.models.presets import architecture
 from gumbel_jax.training.config import ModelConfig, check_choices
 
@@ -41,7 +50,8 @@ def tiny_architectures(config: ModelConfig, vocab_size: int):
     tiny = dict(vocab_size=vocab_size, d_model=config.d_model,
                 d_kv=config.d_model // config.num_heads, d_ff=2 * config.d_model,
                 num_layers=config.num_layers, num_heads=config.num_heads, **options)
-    reader = T5Config(**tiny, num_decoder_layers=config.num_layers)
+    reader = (tiny_cepe(config, vocab_size) if config.reader_kind == "cepe"
+              else T5Config(**tiny, num_decoder_layers=config.num_layers))
     if config.reranker_kind == "cross_encoder":
         ranker = BertConfig(vocab_size=vocab_size, hidden_size=config.d_model,
                             num_hidden_layers=config.num_layers,
@@ -54,6 +64,21 @@ def tiny_architectures(config: ModelConfig, vocab_size: int):
     return reader, ranker
 
 
+def tiny_cepe(config: ModelConfig, vocab_size: int) -> CepeConfig:
+    """A tiny CEPE: a Llama decoder of ``d_model`` cross-attending in every layer to a
+    Llama encoder of half the width (CEPE's encoder is the narrower stack)."""
+    options = compute_options(config)
+    decoder = LlamaConfig(vocab_size=vocab_size, hidden_size=config.d_model,
+                          intermediate_size=2 * config.d_model,
+                          num_hidden_layers=config.num_layers,
+                          num_attention_heads=config.num_heads, bos_token_id=1,
+                          eos_token_id=1, pad_token_id=0, **options)  # the word tokenizer's
+    encoder = dataclasses.replace(decoder, hidden_size=config.d_model // 2,
+                                  intermediate_size=config.d_model,
+                                  num_attention_heads=max(config.num_heads // 2, 1))
+    return CepeConfig(decoder=decoder, encoder=encoder)
+
+
 def preset_architecture(config: ModelConfig, role: str):
     """The preset named by ``model.{role}_architecture`` with the config's compute options
     (role: "reader" or "reranker")."""
@@ -64,7 +89,10 @@ def preset_architecture(config: ModelConfig, role: str):
     options = compute_options(config)
     if role == "reranker":
         options["remat"] = config.remat
-    return dataclasses.replace(architecture(name), **options)
+    preset = architecture(name)
+    if isinstance(preset, CepeConfig):
+        return preset.replace_compute(**options)
+    return dataclasses.replace(preset, **options)
 
 
 def model_architectures(config: ModelConfig, vocab_size: int | None = None):
@@ -77,7 +105,10 @@ def model_architectures(config: ModelConfig, vocab_size: int | None = None):
     return preset_architecture(config, "reader"), preset_architecture(config, "reranker")
 
 
-def _random_reader(architecture: T5Config, config: ModelConfig) -> FiDReader:
+def _random_reader(architecture: T5Config | CepeConfig, config: ModelConfig):
+    if isinstance(architecture, CepeConfig):
+        return CepeReader.random(architecture, seed=0, method=config.dma,
+                                 prompt_length=config.cepe_prompt_length)
     return FiDReader.random(architecture, seed=0, method=config.dma)
 
 
@@ -87,9 +118,13 @@ def _random_reranker(architecture, config: ModelConfig, seed: int):
     return RankT5.random(architecture, seed=seed, score_token_id=config.score_token_id)
 
 
-def _pretrained_reader(config: ModelConfig) -> FiDReader:
-    from gumbel_jax.checkpoints import load_fid_reader
+def _pretrained_reader(config: ModelConfig):
+    from gumbel_jax.checkpoints import load_cepe, load_fid_reader
 
+    if config.reader_kind == "cepe":
+        # Streamed shard by shard, matrices cast to the compute dtype as they are read.
+        return load_cepe(config.reader, method=config.dma,
+                         prompt_length=config.cepe_prompt_length, **compute_options(config))
     return load_fid_reader(config.reader, method=config.dma, **compute_options(config))
 
 
@@ -183,6 +218,14 @@ def validate_model(config: ModelConfig) -> None:
                 architecture(getattr(config, field))
         except ValueError as error:
             raise ValueError(f"model.{field}: {error}") from None
+    if config.reader_architecture:
+        is_cepe = isinstance(architecture(config.reader_architecture), CepeConfig)
+        if is_cepe != (config.reader_kind == "cepe"):
+            raise ValueError(f"model.reader_architecture={config.reader_architecture!r} does "
+                             f"not fit model.reader_kind={config.reader_kind!r}")
+    if config.reader_kind == "cepe" and config.cepe_prompt_length < 1:
+        raise ValueError(f"model.cepe_prompt_length={config.cepe_prompt_length} must be >= 1 "
+                         "(the prompt holds at least BOS)")
 
 
 def parameter_count(module) -> int:
