@@ -170,10 +170,106 @@ def reader_markdown() -> str:
     return "\n".join(lines)
 
 
+# --- CEPE-Llama2-7B as the reader (issue 16; an estimate, not measured) -------------------
+
+
+def _llama_layer_matmul_parameters(config) -> int:
+    """Weights of one Llama layer's matrix products (q, k, v, o and SwiGLU)."""
+    width, kv = config.hidden_size, config.kv_heads * config.head_dim
+    return 2 * width * width + 2 * width * kv + 3 * width * config.intermediate_size
+
+
+def cepe_parameter_count(cepe) -> int:
+    """Parameters of a ``CepeConfig``, by hand: decoder (embeddings, untied head, layers with
+    two norms, final norm), cross-attention (q, o from the decoder width, k, v from the
+    encoder's, its own norm) and encoder. The 7B preset: 8,516,196,352."""
+    dec, enc = cepe.decoder, cepe.encoder
+    cross = dec.num_hidden_layers if cepe.num_cross_attn_layers is None \
+        else cepe.num_cross_attn_layers
+    stack = lambda c: (c.vocab_size * c.hidden_size + c.num_hidden_layers * (
+        _llama_layer_matmul_parameters(c) + 2 * c.hidden_size) + c.hidden_size)
+    head = dec.hidden_size * dec.vocab_size
+    cross_layer = (2 * dec.hidden_size * dec.hidden_size
+                   + 2 * enc.hidden_size * dec.kv_heads * dec.head_dim + dec.hidden_size)
+    return stack(dec) + head + cross * cross_layer + stack(enc)
+
+
+def cepe_step_flops(cepe, reranker: T5Config, *, batch: int = 8, docs: int = 10,
+                    context_len: int = 256, prompt_len: int = 64, answer_len: int = 32,
+                    num_samples: int = 1) -> dict:
+    """FLOPs of one G-Rerank step with a frozen CEPE reader (2 per multiply-add): the
+    encoder forward over every context; the memory keys/values of every cross-attention
+    layer (mask-independent: once per question, shared by the draws); the decoder forward
+    over ``prompt + answer - 1`` tokens per draw, and its backward to the mask (activation
+    gradients only: one product per forward product, no weight gradients); the reranker's
+    forward and backward (``benchmarks.common.grerank_step_flops``'s)."""
+    dec, enc = cepe.decoder, cepe.encoder
+    cross = dec.num_hidden_layers if cepe.num_cross_attn_layers is None \
+        else cepe.num_cross_attn_layers
+    enc_tokens, keys = batch * docs * context_len, docs * context_len
+    encoder = enc.num_hidden_layers * enc_tokens * (
+        2 * _llama_layer_matmul_parameters(enc) + 4 * context_len * enc.hidden_size)
+    memory_kv = cross * enc_tokens * 2 * 2 * enc.hidden_size * dec.kv_heads * dec.head_dim
+    length = prompt_len + answer_len - 1
+    dec_tokens = batch * length
+    heads_width = dec.num_attention_heads * dec.head_dim
+    decoder_fwd = (dec.num_hidden_layers * dec_tokens * (
+        2 * _llama_layer_matmul_parameters(dec) + 4 * length * heads_width)
+        + cross * dec_tokens * (2 * 2 * dec.hidden_size * heads_width + 4 * keys * heads_width)
+        + 2 * batch * answer_len * dec.hidden_size * dec.vocab_size)
+    shape = Shape(batch, docs, context_len, answer_len, 5)
+    reranker_flops = grerank_step_flops(T5_LARGE, reranker, shape)["reranker_fwd_bwd"]
+    decoder = num_samples * 2 * decoder_fwd
+    return {"encoder_fwd": encoder, "memory_kv": memory_kv, "decoder_fwd_bwd": decoder,
+            "reranker_fwd_bwd": reranker_flops,
+            "total": encoder + memory_kv + decoder + reranker_flops}
+
+
+def cepe_memory_bytes(cepe, *, batch: int = 8, docs: int = 10, context_len: int = 256,
+                      bytes_per_value: int = 2) -> dict:
+    """The frozen reader's resident memory in one step (bfloat16): weights, the memory
+    keys/values of every cross-attention layer (``precompute_memory=True``; recomputed from
+    the encoder states otherwise), and the encoder states."""
+    dec, enc = cepe.decoder, cepe.encoder
+    cross = dec.num_hidden_layers if cepe.num_cross_attn_layers is None \
+        else cepe.num_cross_attn_layers
+    keys = batch * docs * context_len
+    return {"weights": cepe_parameter_count(cepe) * bytes_per_value,
+            "memory_kv": cross * 2 * keys * dec.kv_heads * dec.head_dim * bytes_per_value,
+            "encoder_states": keys * enc.hidden_size * bytes_per_value}
+
+
+def cepe_markdown() -> str:
+    """The CEPE step's cost at cepe.md's shape (batch 8, 10 and 20 x 256-token contexts,
+    64 prompt + 32 answer tokens), with RankT5-base as the reranker."""
+    from gumbel_jax.models.presets import CEPE_LLAMA_2_7B
+
+    lines = ["| contexts | encoder fwd | memory k/v | decoder fwd+bwd | RankT5 fwd+bwd | "
+             "TFLOP / step | H100 step (est.) | weights | memory k/v | encoder states |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for docs in (10, 20):
+        flops = cepe_step_flops(CEPE_LLAMA_2_7B, T5_V1_1_BASE, docs=docs)
+        memory = cepe_memory_bytes(CEPE_LLAMA_2_7B, docs=docs)
+        tf = {k: f"{v / 1e12:.1f}" for k, v in flops.items()}
+        step_s = flops["total"] / (H100_MEASURED_TFLOPS * 1e12)
+        lines.append(f"| 8 x {docs} x 256 | {tf['encoder_fwd']} | {tf['memory_kv']} | "
+                     f"{tf['decoder_fwd_bwd']} | {tf['reranker_fwd_bwd']} | {tf['total']} | "
+                     f"{step_s:.2f} s | {memory['weights'] / 1e9:.1f} GB | "
+                     f"{memory['memory_kv'] / 1e9:.1f} GB | "
+                     f"{memory['encoder_states'] / 1e6:.0f} MB |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--seeds", type=int, default=3)
-    print(markdown(p.parse_args(argv).seeds))
+    p.add_argument("--cepe", action="store_true",
+                   help="the cost of a G-Rerank step with CEPE-Llama2-7B as the reader")
+    args = p.parse_args(argv)
+    if args.cepe:
+        print(cepe_markdown())
+        return 0
+    print(markdown(args.seeds))
     print()
     print(reader_markdown())
     return 0
