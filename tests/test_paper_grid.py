@@ -171,7 +171,7 @@ def grid(tmp_path_factory):
 def test_whole_grid_runs_end_to_end_and_writes_predictions(grid, capsys):
     runs = grid / "runs"
     rows = load_rows()
-    assert len({r.run for r in rows}) == 39
+    assert len({r.run for r in rows}) == 49  # 39 FiD runs + 10 CEPE runs
     rows = load_reader_rows() + rows  # --table all lists the readers stage too
     # Every row's cell is listed; the ones run are finished.
     capsys.readouterr()

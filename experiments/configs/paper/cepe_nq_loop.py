@@ -1,0 +1,26 @@
+"""Table "CEPE-Llama2-7B reader", row "NQ LOOP" (run cepe_nq_loop).
+
+Paper: the paper reports its methods with CEPE-Llama2-7B as the reader, but its exact CEPE
+rows are not in our notes; the cell is ours alone.
+
+    python -m experiments.reproduce --table cepe --cell cepe_nq_loop \
+        --data_dir ~/tfds --models_dir ~/models --workdir runs/paper --seeds 3
+
+Hardware and time: one H100 80GB (an estimate, not measured: 10,000 steps at batch 2 over
+100 contexts of 250 tokens); on a TPU see docs/readers.md (CEPE section). On GPUs add --set
+model.attention=cudnn.
+
+Needs: the gj_nq dataset (python -m experiments.prepare_data --dataset nq ...), and
+hyen/CEPE-LLaMA-2-7B (34 GB of float32 shards, streamed into 17 GB of bfloat16) and
+Soyoung97/RankT5-base from the Hugging Face hub.
+"""
+
+from experiments.paper import cepe_row
+
+
+def get_row():
+    return cepe_row("nq", "LOOP")
+
+
+def get_config():
+    return get_row().experiment
