@@ -93,8 +93,11 @@ def run(args) -> dict:
     if args.profile:
         from benchmarks import trace_summary
 
-        report["profile"] = trace_summary.profile_summary(one_step, args.profile,
-                                                          calls=args.profile_steps)
+        try:
+            report["profile"] = trace_summary.profile_summary(one_step, args.profile,
+                                                              calls=args.profile_steps)
+        except Exception as error:  # noqa: BLE001 - the timing above must still be reported
+            report["profile"] = {"error": f"{type(error).__name__}: {error}"[:500]}
     if args.objective == "g_rerank":
         flops = common.grerank_step_flops(reader_cfg, ranker_cfg, shape,
                                           num_samples=args.num_samples)
