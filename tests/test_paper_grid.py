@@ -146,12 +146,13 @@ def _read_csv(path):
 
 # One run per code path: every objective (HotpotQA's five rows, which also fill the indirect
 # table), every dataset's prepared format, the cross-encoder reranker, and the ablations
-# that change code (no noise, from scratch, subset). The tau / kappa rows differ from
-# G-Rerank only in floats; `reproduce --list` still shows every row's cell.
+# that change code (no noise, from scratch, subset), and the CEPE reader. The tau / kappa
+# rows differ from G-Rerank only in floats; `reproduce --list` still shows every row's cell.
 GRID_CELLS = ["hotpotqa_emdr", "hotpotqa_pdist", "hotpotqa_loop", "hotpotqa_adist",
               "hotpotqa_g_rerank", "musique_g_rerank", "2wiki_loop", "nq_emdr",
               "triviaqa_adist", "bge_hotpotqa_pdist", "hotpotqa_g_rerank_no_noise",
-              "hotpotqa_g_rerank_from_scratch", "hotpotqa_g_rerank_subset"]
+              "hotpotqa_g_rerank_from_scratch", "hotpotqa_g_rerank_subset",
+              "cepe_hotpotqa_g_rerank"]  # a tiny CEPE reader through the whole grid
 
 
 @pytest.fixture(scope="module")
