@@ -236,10 +236,12 @@ def test_cepe_is_a_reader_with_fids_memory_layout(reader, memory, batch):
     np.testing.assert_array_equal(memory.prompt_valid, batch["prompt_mask"])
     # Every document split into its own question equals reading that document alone.
     alone = memory.split_documents()
-    per_doc = reader.token_log_probs(alone, jnp.repeat(batch["answer_ids"], DOCS, 0),
-                                     jnp.repeat(batch["answer_mask"], DOCS, 0))
+    per_doc = jax.jit(lambda m: reader.token_log_probs(
+        m, jnp.repeat(batch["answer_ids"], DOCS, 0), jnp.repeat(batch["answer_mask"], DOCS, 0)))(
+        alone)
     only_first = jnp.where(jnp.arange(DOCS) == 0, 0.0, ops.mask_value(jnp.float32))
-    first = _log_probs(reader, memory, batch, jnp.broadcast_to(only_first, (2, DOCS)))
+    first = jax.jit(lambda m: _log_probs(reader, memory, batch, m))(
+        jnp.broadcast_to(only_first, (2, DOCS)))
     np.testing.assert_allclose(per_doc.reshape(2, DOCS, -1)[:, 0], first, atol=2e-5)
 
 
@@ -369,6 +371,37 @@ def test_every_objective_trains_a_reranker_through_a_cepe_reader(reader, batch):
         assert np.any(np.asarray(grad)[0] != 0), name
 
 
+def test_remat_changes_no_value_or_mask_gradient(cepe_tensors, reader, memory, batch):
+    remat = build_reader(cepe_tensors, compute={"remat": True})
+    log_mask = jnp.log(jnp.asarray([[1.0, 0.3, 0.6, 0.9], [0.5, 1.0, 0.2, 1.0]]))
+    nll = lambda model: jax.jit(jax.value_and_grad(
+        lambda m: -_log_probs(model, memory, batch, m).sum()))(log_mask)
+    (value, grad), (value_r, grad_r) = nll(reader), nll(remat)
+    np.testing.assert_allclose(value_r, value, rtol=1e-6)
+    np.testing.assert_allclose(grad_r, grad, atol=1e-6)
+
+
+def test_every_weight_names_its_logical_axes_for_the_sharding_rules():
+    """Matrices carry (in, out) logical names that sharding.PARAMETER_RULES maps: heads and
+    SwiGLU width to ``tensor``, vocabulary to ``tensor``, widths to ``fsdp``; norm scales
+    stay replicated."""
+    from gumbel_jax.sharding import PARAMETER_RULES
+
+    config = CepeConfig.from_hf(hf_cepe_config())
+    state = nnx.state(nnx.eval_shape(lambda: CepeReader.random(config)), nnx.Param)
+    names = {path: tuple(spec.get_value())
+             for path, spec in nnx.to_flat_state(nnx.get_partition_spec(state))}
+    for path, axes in names.items():
+        expected = 0 if path[-1] == "scale" else 2
+        assert len(axes) == expected and set(axes) <= set(PARAMETER_RULES), (path, axes)
+    layer = ("model", "layers", 0)
+    assert names[(*layer, "self_attn", "q_proj", "kernel")] == ("embed", "heads")
+    assert names[(*layer, "cross_attn", "k_proj", "kernel")] == ("embed", "heads")
+    assert names[(*layer, "cross_attn", "o_proj", "kernel")] == ("heads", "embed")
+    assert names[(*layer, "mlp", "down_proj", "kernel")] == ("mlp", "embed")
+    assert names[("lm_head", "kernel")] == ("embed", "vocab")
+
+
 def test_only_the_last_layers_cross_attend_when_configured():
     config = CepeConfig.from_hf({**hf_cepe_config(), "num_cross_attn_layers": 1})
     reader = nnx.eval_shape(lambda: CepeReader.random(config))
@@ -398,6 +431,8 @@ def test_cached_generation_equals_uncached(reader, memory):
     generate = jax.jit(lambda m: reader.generate(memory, m, max_length=6))
     cached = generate(log_mask)
     np.testing.assert_array_equal(cached, _uncached_greedy(reader, memory, log_mask, 6))
+    generate(jnp.zeros((2, DOCS)))
+    assert generate._cache_size() == 1  # one compile per shape, whatever the mask
     # Step by step, the cached logits are the teacher-forced ones of the same tokens.
     cache = jax.jit(lambda m: reader.init_decode_cache(memory, m, max_length=6))(log_mask)
     forced = reader.answer_logits(memory, cached, log_mask)
