@@ -86,15 +86,16 @@ def _featurizer(config: ExperimentConfig, reader_tokenizer, ranker_tokenizer) ->
     return Featurizer(reader_tokenizer, ranker_tokenizer, spec, **options)
 
 
-def build(config: ExperimentConfig):
-    """(reader, ranker, train_source, eval_records, featurize) for a config."""
+def build(config: ExperimentConfig, *, mesh=None):
+    """(reader, ranker, train_source, eval_records, featurize) for a config; ``mesh`` places
+    a pretrained CEPE reader's weights as they are read."""
     validate(config.train, num_candidates=config.data.num_candidates)
     validate_model(config.model)
     train_records, eval_records = load_records(config.data)
     reader_tokenizer, ranker_tokenizer = _tokenizers(config, train_records, eval_records)
     featurize = _featurizer(config, reader_tokenizer, ranker_tokenizer)
     reader, ranker = build_models(config.model, vocab_size=len(reader_tokenizer),
-                                  seed=config.train.seed)
+                                  seed=config.train.seed, mesh=mesh)
     if getattr(getattr(ranker, "config", None), "type_vocab_size", 1) > 1:
         # Training feeds (ids, mask) only; a BERT cross-encoder would silently read its
         # passage as segment 0.
@@ -144,7 +145,7 @@ def run_training(config: ExperimentConfig | ReaderExperimentConfig, workdir, *,
                          f"divisible by the {processes} processes")
     # Built (and so validated) before anything is written: a bad setting leaves no run
     # folder behind.
-    reader, ranker, train_source, eval_records, featurize = build(config)
+    reader, ranker, train_source, eval_records, featurize = build(config, mesh=mesh)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "experiment.json").write_text(
         json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")

@@ -118,12 +118,15 @@ def _random_reranker(architecture, config: ModelConfig, seed: int):
     return RankT5.random(architecture, seed=seed, score_token_id=config.score_token_id)
 
 
-def _pretrained_reader(config: ModelConfig):
+def load_reader(config: ModelConfig, *, mesh=None):
+    """The pretrained reader ``config.reader`` names. A CEPE checkpoint is streamed shard by
+    shard, its matrices cast to the compute dtype and, with ``mesh``, placed on their chips
+    as they are read (a 7B reader never sits whole on one 16 GB chip); a FiD reader is small
+    and is placed later (``training.loop``)."""
     from gumbel_jax.checkpoints import load_cepe, load_fid_reader
 
     if config.reader_kind == "cepe":
-        # Streamed shard by shard, matrices cast to the compute dtype as they are read.
-        return load_cepe(config.reader, method=config.dma,
+        return load_cepe(config.reader, method=config.dma, mesh=mesh,
                          prompt_length=config.cepe_prompt_length, **compute_options(config))
     return load_fid_reader(config.reader, method=config.dma, **compute_options(config))
 
@@ -150,7 +153,7 @@ def store_frozen_weights_in_compute_dtype(reader, dtype) -> None:
 
 
 def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: int = 0,
-                 abstract: bool = False):
+                 abstract: bool = False, mesh=None):
     """(reader, reranker) for a model config.
 
     Args:
@@ -159,6 +162,7 @@ def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: in
       seed: the run's seed; a randomly initialised reranker draws from ``seed + 1`` (seeds
         of a from-scratch run differ in their start too). A random reader uses seed 0.
       abstract: shapes and dtypes only (``nnx.eval_shape``), from the presets or tiny sizes.
+      mesh: where a pretrained CEPE reader's weights go as they are read (``load_reader``).
     """
     validate_model(config)
     if abstract or config.reader == "tiny":
@@ -171,7 +175,7 @@ def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: in
 
         return nnx.eval_shape(random_models) if abstract else random_models()
     reader = (_random_reader(preset_architecture(config, "reader"), config)
-              if config.reader_init == "random" else _pretrained_reader(config))
+              if config.reader_init == "random" else load_reader(config, mesh=mesh))
     store_frozen_weights_in_compute_dtype(reader, config.dtype)
     ranker = (_random_reranker(preset_architecture(config, "reranker"), config, seed + 1)
               if config.reranker_init == "random" else _pretrained_reranker(config))

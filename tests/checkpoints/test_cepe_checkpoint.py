@@ -104,6 +104,22 @@ def test_bfloat16_load_casts_matrices_keeps_norms_float32_and_places_by_mesh(tmp
     assert reader.config.decoder.dtype == jnp.bfloat16
 
 
+def test_the_factory_loads_a_cepe_reader_onto_the_mesh_as_it_reads(tmp_path, tensors):
+    from gumbel_jax.sharding import make_mesh
+    from gumbel_jax.training.config import ModelConfig
+    from gumbel_jax.training.factory import load_reader
+
+    folder = write_checkpoint(tmp_path / "ckpt", tensors, hf_cepe_config(), kind="bin")
+    config = ModelConfig(reader=str(folder), reader_kind="cepe", reranker="unused",
+                         cepe_prompt_length=PROMPT, dtype="bfloat16", dma="blockwise")
+    mesh = make_mesh(data=1, fsdp=1, tensor=2, devices=jax.devices()[:2])
+    reader = load_reader(config, mesh=mesh)
+    assert reader.method == "blockwise" and reader.prompt_length == PROMPT
+    up = reader.encoder.layers[1].mlp.up_proj.kernel[...]
+    assert up.dtype == jnp.bfloat16 and up.sharding.spec[1] == "tensor"
+    assert {shard.data.shape for shard in up.addressable_shards} == {(16, 20)}
+
+
 def test_every_missing_unexpected_and_misshaped_tensor_is_named(tmp_path, tensors):
     broken = dict(tensors)
     del broken["model.layers.1.cross_attn.k_proj.weight"]
