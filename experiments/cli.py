@@ -61,7 +61,9 @@ def add_parallel_arguments(parser) -> None:
 
 
 def start_parallel(args):
-    """Initialise multi-host JAX if asked; the mesh of ``--mesh`` (or None)."""
+    """Initialise multi-host JAX if asked; the mesh of ``--mesh`` (or None: one device).
+    Several processes without ``--mesh`` get data parallelism over every device (each
+    training alone on its own share of the batches would be a different run)."""
     import jax
 
     if args.distributed:
@@ -69,7 +71,11 @@ def start_parallel(args):
                                    num_processes=args.num_processes,
                                    process_id=args.process_id)
     if not args.mesh:
-        return None
+        if jax.process_count() == 1:
+            return None
+        from gumbel_jax.sharding import make_mesh
+
+        return make_mesh(data=-1)
     from gumbel_jax.sharding import make_mesh
 
     try:

@@ -33,6 +33,7 @@ from experiments.paper import (
     reader_run_of,
     resolve_paths,
 )
+from gumbel_jax.training.run_folder import run_path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
         cells = select(plan(rows, tables, args.seeds), args.cell)
     except ValueError as error:
         return fail(str(error))
-    workdir = pathlib.Path(args.workdir)
+    workdir = run_path(args.workdir)  # a local folder or gs://
     if args.list:
         try:
             for cell in cells:
@@ -167,6 +168,7 @@ def main(argv=None) -> int:
 def run_cells(cells: list[Cell], rows_by_run: dict[str, PaperRow], workdir: pathlib.Path,
               args) -> int:
     from gumbel_jax.data.validation import DataError
+    from gumbel_jax.training import multihost
     from gumbel_jax.training.experiment import run_training
     from gumbel_jax.training.loop import NonFiniteLossError
 
@@ -177,6 +179,9 @@ def run_cells(cells: list[Cell], rows_by_run: dict[str, PaperRow], workdir: path
     failed = []
     for index, cell in enumerate(cells, 1):
         folder = workdir / cell.name
+        # Every process (host) of a multi-host run decides on the same cell at the same
+        # time: after the previous cell's files are written, before reading this one's state.
+        multihost.barrier(f"cell {folder}")
         state = cell_state(folder)
         prefix = f"[{index}/{len(cells)}] {cell.name}"
         if state == "finished":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -21,8 +21,16 @@ PARAMETER_RULES = {
 
 
 def make_mesh(*, data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over ``devices`` (default: all); -1 takes the rest."""
-    devices = list(devices if devices is not None else jax.devices())
+    """A (data, fsdp, tensor) mesh over ``devices`` (default: all, of every process); -1
+    takes the rest.
+
+    Over all devices the order comes from ``jax.make_mesh``, which knows the TPU topology
+    (neighbouring chips on the axes that communicate most); given ``devices`` are used in
+    their order. The axes are ``Auto`` (the compiler places what the rules leave open), as a
+    plain ``Mesh`` has them.
+    """
+    every_device = devices is None
+    devices = list(jax.devices() if every_device else devices)
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
         raise ValueError("at most one mesh axis may be -1")
@@ -34,7 +42,10 @@ def make_mesh(*, data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs "
                          f"{int(np.prod(sizes))} devices, have {len(devices)}")
-    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+    auto = (AxisType.Auto,) * len(MESH_AXES)
+    if every_device:
+        return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices)
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=auto)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -42,6 +42,25 @@ def test_shard_batch_splits_the_first_axis_over_data_and_fsdp():
 
 
 @needs_8_devices
+def test_make_mesh_over_every_device_is_jax_make_mesh_with_auto_axes():
+    """Over all devices the order is jax.make_mesh's (topology-aware on TPUs), with Auto axes
+    as a plain Mesh has (jax.make_mesh's default is Explicit); given devices keep their
+    order."""
+    from jax.sharding import AxisType
+
+    from gumbel_jax.sharding import MESH_AXES
+
+    auto = (AxisType.Auto,) * 3
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    reference = jax.make_mesh((2, 2, 2), MESH_AXES, axis_types=auto)
+    assert mesh.devices.tolist() == reference.devices.tolist() and mesh.axis_types == auto
+    given = make_mesh(data=8, devices=jax.devices()[::-1])
+    assert list(given.devices.flat) == jax.devices()[::-1] and given.axis_types == auto
+    with pytest.raises(ValueError, match="needs 4 devices, have 8"):
+        make_mesh(data=4)
+
+
+@needs_8_devices
 def test_start_parallel_builds_the_mesh_of_the_flag(monkeypatch):
     assert start_parallel(_args()) is None  # no --mesh: one device, no mesh
     assert dict(start_parallel(_args("--mesh", "8,1,1")).shape) == {

@@ -2,7 +2,8 @@
 # Install the project on every worker: this checkout (git HEAD) replaces ~/gumbel-jax there
 # (runs live elsewhere: ~/gj_runs or the bucket), and ~/gumbel-jax/.venv is built by uv with
 # a uv-managed CPython $PYTHON_VERSION (the runtime images, Ubuntu 22.04, ship Python 3.10;
-# jax >= 0.10.2 needs >= 3.11) holding requirements.txt and jax[tpu] (JAX with libtpu).
+# jax >= 0.10.2 needs >= 3.11) holding requirements.txt, jax[tpu] (JAX with libtpu) and
+# gcsfs (gs:// run folders: etils.epath reads and writes them through it).
 # Then every worker checks that JAX sees the slice's TPU chips; on a pod slice the check
 # first joins all hosts with jax.distributed.initialize(), as the runs do.
 # shellcheck source-path=SCRIPTDIR source=env.sh
@@ -21,7 +22,7 @@ INSTALL="set -e; export PATH=\$HOME/.local/bin:\$HOME/.cargo/bin:\$PATH; \
 command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; \
 rm -rf ~/$REMOTE_DIR && tar xzf ~/gumbel-jax.tar.gz -C ~ && cd ~/$REMOTE_DIR; \
 uv venv --python $PYTHON_VERSION .venv; \
-uv pip install --python .venv/bin/python -r requirements.txt \"jax[tpu]\""
+uv pip install --python .venv/bin/python -r requirements.txt \"jax[tpu]\" gcsfs"
 on_workers all "$INSTALL"
 # After every worker has installed: on a pod slice jax.distributed.initialize() waits for
 # all hosts, and jax.device_count() before it would count only this host's chips.

@@ -159,12 +159,20 @@ def make_dataset(source: Sequence, featurizer: Callable, *, batch_size: int, see
                  shard_count: int | None = None) -> grain.IterDataset:
     """Batches of featurised examples for this process.
 
+    The global batches (``batch_size * shard_count`` examples) are the same whatever the
+    number of processes: one shuffled stream of ``source``, cut into global batches, of which
+    process i holds rows ``[i * batch_size, (i + 1) * batch_size)`` (the order in which
+    ``sharding.shard_batch`` assembles them), so a run over several hosts sees the batches of
+    a run on one.
+
     Args:
       source: random-access records (a list of ``Record``s, or a ``tfds.data_source``).
       featurizer: record -> dict of arrays (a ``Featurizer``).
       batch_size: examples per batch *on this process* (global batch / process count).
       seed: shuffle seed; each epoch has its own order.
       num_epochs: None repeats forever.
+      drop_remainder: drop a last, smaller batch (with several shards it is always dropped:
+        a partial global batch does not split evenly).
       shard_index, shard_count: this process's shard (default: ``jax.process_index()`` of
         ``jax.process_count()``).
 
@@ -176,11 +184,26 @@ def make_dataset(source: Sequence, featurizer: Callable, *, batch_size: int, see
         import jax
 
         shard_index, shard_count = jax.process_index(), jax.process_count()
-    if len(source) < shard_count:
-        raise ValueError(f"{len(source)} records cannot be sharded over {shard_count} "
-                         "processes")
-    dataset = grain.MapDataset.source(source)[shard_index::shard_count]
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index={shard_index} is not in [0, shard_count={shard_count})")
+    dataset = grain.MapDataset.source(source)
     if shuffle:
         dataset = dataset.seed(seed).shuffle()
-    dataset = dataset.repeat(num_epochs).map(featurizer)
+    dataset = dataset.repeat(num_epochs)
+    if shard_count > 1:
+        dataset = _rows_of_shard(dataset, batch_size, shard_index, shard_count)
+    dataset = dataset.map(featurizer)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset()
+
+
+def _rows_of_shard(dataset: grain.MapDataset, batch_size: int, shard_index: int,
+                   shard_count: int) -> grain.MapDataset:
+    """Shard ``shard_index``'s ``batch_size`` rows of every full global batch of
+    ``dataset`` (a global batch: ``batch_size * shard_count`` consecutive elements)."""
+    global_batch = batch_size * shard_count
+
+    def element(index: int):
+        batch, row = divmod(index, batch_size)
+        return dataset[batch * global_batch + shard_index * batch_size + row]
+
+    return grain.MapDataset.range(len(dataset) // global_batch * batch_size).map(element)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,8 @@ from flax import nnx
 from gumbel_jax import metrics, ops
 from gumbel_jax.data.batch import Batch
 from gumbel_jax.data.pipeline import stack_examples
+from gumbel_jax.training import multihost
+from gumbel_jax.training.run_folder import run_path, write_text
 
 
 @functools.lru_cache(maxsize=16)
@@ -58,9 +59,16 @@ def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32
     With a ``tokenizer`` (the reader's) the reader generates an answer from the reranker's
     hard top-k (greedy, as FiD evaluates, or beam search with ``num_beams`` > 1) and EM / F1
     are reported; without one, ranking metrics only.
+
+    With several processes (multi-host) every one must call it, with the same ``records``:
+    each scores its share (``multihost.process_share``) on its own devices, from a host copy
+    of parameters that span processes, and every process returns the results of all, in
+    ``records``' order.
     """
     ranker_graph, ranker_params = nnx.split(ranker)
     reader_graph, reader_state = nnx.split(reader)
+    ranker_params, reader_state = multihost.local_copy((ranker_params, reader_state))
+    records = multihost.process_share(list(records))
     scores_and_answers = _scorer(ranker_graph, reader_graph, k, max_answer_length,
                                  tokenizer is not None, num_beams)
 
@@ -80,6 +88,7 @@ def evaluate(ranker, reader, records, featurize, *, k: int, batch_size: int = 32
                 result["f1"] = metrics.f1_score(text, record.answers)
             per_question.append(result)
             predictions.append(prediction)
+    per_question, predictions = multihost.gather(per_question), multihost.gather(predictions)
     names = dict.fromkeys(name for q in per_question for name in q)  # first-seen order
     summary = {name: _mean_defined([q[name] for q in per_question if name in q])
                for name in names}
@@ -137,14 +146,17 @@ def _score_question(record, example, scores, k):
 
 
 def write_evaluation(workdir, results: dict, *, name: str = "eval") -> None:
-    """``{name}.json`` (metrics), ``{name}.md`` (a table) and ``{name}_predictions.jsonl``."""
-    workdir = pathlib.Path(workdir)
+    """``{name}_predictions.jsonl``, ``{name}.md`` (a table) and, last, ``{name}.json``
+    (metrics; its presence marks a finished evaluation) in ``workdir`` (local or ``gs://``).
+    With several processes only the first one writes (call it from every one)."""
+    if not multihost.is_writer():
+        return
+    workdir = run_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     summary = results["metrics"]
-    (workdir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(workdir / f"{name}_predictions.jsonl",
+               "".join(json.dumps(prediction) + "\n" for prediction in results["predictions"]))
     rows = "\n".join(f"| {key} | {value:.4f} |" if isinstance(value, float) else
                      f"| {key} | {value} |" for key, value in summary.items())
-    (workdir / f"{name}.md").write_text(f"| metric | value |\n|---|---|\n{rows}\n")
-    with open(workdir / f"{name}_predictions.jsonl", "w") as handle:
-        for prediction in results["predictions"]:
-            handle.write(json.dumps(prediction) + "\n")
+    write_text(workdir / f"{name}.md", f"| metric | value |\n|---|---|\n{rows}\n")
+    write_text(workdir / f"{name}.json", json.dumps(summary, indent=2) + "\n")

@@ -13,12 +13,12 @@ import pathlib
 
 import jax
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from gumbel_jax.data.pipeline import FeatureSpec, Featurizer, as_record, make_dataset
 from gumbel_jax.data.synthetic import make_records
 from gumbel_jax.data.templates import cross_encoder_pair
 from gumbel_jax.data.tokenizer import word_level_tokenizer
+from gumbel_jax.training import multihost
 from gumbel_jax.training.config import (
     DataConfig,
     ExperimentConfig,
@@ -30,6 +30,7 @@ from gumbel_jax.training.evaluation import evaluate, write_evaluation
 from gumbel_jax.training.factory import build_models, validate_model
 from gumbel_jax.training.hooks import held_out_eval_hook, load_best
 from gumbel_jax.training.loop import RankerState, checkpoint_manager, restore_latest, train
+from gumbel_jax.training.run_folder import run_path, write_text
 from gumbel_jax.training.step import make_optimizer
 
 
@@ -86,16 +87,15 @@ def _featurizer(config: ExperimentConfig, reader_tokenizer, ranker_tokenizer) ->
     return Featurizer(reader_tokenizer, ranker_tokenizer, spec, **options)
 
 
-def build(config: ExperimentConfig, *, mesh=None):
-    """(reader, ranker, train_source, eval_records, featurize) for a config; ``mesh`` places
-    a pretrained CEPE reader's weights as they are read."""
+def build(config: ExperimentConfig):
+    """(reader, ranker, train_source, eval_records, featurize) for a config."""
     validate(config.train, num_candidates=config.data.num_candidates)
     validate_model(config.model)
     train_records, eval_records = load_records(config.data)
     reader_tokenizer, ranker_tokenizer = _tokenizers(config, train_records, eval_records)
     featurize = _featurizer(config, reader_tokenizer, ranker_tokenizer)
     reader, ranker = build_models(config.model, vocab_size=len(reader_tokenizer),
-                                  seed=config.train.seed, mesh=mesh)
+                                  seed=config.train.seed)
     if getattr(getattr(ranker, "config", None), "type_vocab_size", 1) > 1:
         # Training feeds (ids, mask) only; a BERT cross-encoder would silently read its
         # passage as segment 0.
@@ -131,35 +131,33 @@ def _hooks(config: ExperimentConfig, eval_records, featurize) -> list:
 
 def run_training(config: ExperimentConfig | ReaderExperimentConfig, workdir, *,
                  mesh=None) -> dict:
-    """Train, then evaluate on the held-out questions (and mine training questions). A
+    """Train, then evaluate on the held-out questions (and mine training questions), in
+    ``workdir`` (local or ``gs://``). With several processes every one calls it: they train
+    together, each evaluates its share of the questions, the first one writes the files, and
+    all return the same metrics after it has (a barrier). A
     ``ReaderExperimentConfig`` trains its reader instead (``training.reader``), so the paper
     grid runs its readers stage through the same call."""
     if isinstance(config, ReaderExperimentConfig):
         from gumbel_jax.training.reader import run_reader_training
 
         return run_reader_training(config, workdir, mesh=mesh)
-    workdir = pathlib.Path(workdir)
+    workdir = run_path(workdir)
     processes = jax.process_count()
     if config.data.batch_size % processes:
         raise ValueError(f"data.batch_size={config.data.batch_size} (the global batch) is not "
                          f"divisible by the {processes} processes")
     # Built (and so validated) before anything is written: a bad setting leaves no run
     # folder behind.
-    reader, ranker, train_source, eval_records, featurize = build(config, mesh=mesh)
+    reader, ranker, train_source, eval_records, featurize = build(config)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "experiment.json").write_text(
-        json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+    if multihost.is_writer():
+        write_text(workdir / "experiment.json",
+                   json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
     dataset = make_dataset(train_source, featurize, seed=config.train.seed,
                            batch_size=config.data.batch_size // processes)
     metrics = train(config.train, ranker=ranker, reader=reader, dataset=dataset,
                     workdir=workdir, mesh=mesh, hooks=_hooks(config, eval_records, featurize))
-    if processes > 1:
-        # Multi-host: every process evaluates on its own devices from a full copy of the
-        # trained parameters; the first one writes the files.
-        nnx.update(ranker, multihost_utils.process_allgather(nnx.state(ranker)))
-        if jax.process_index() != 0:
-            return metrics
-    if not metrics.get("preempted"):
+    if not metrics.get("preempted"):  # (evaluate and write_evaluation: see multi-host above)
         results = _evaluate_held_out(config, ranker, reader, eval_records, featurize)
         if config.data.num_mining:
             mining = evaluate(ranker, reader, _mining_records(train_source,
@@ -172,6 +170,7 @@ def run_training(config: ExperimentConfig | ReaderExperimentConfig, workdir, *,
         # eval.json last: its presence marks a finished run (experiments.reproduce).
         write_evaluation(workdir, results)
         metrics = {**metrics, **results["metrics"]}
+    multihost.barrier(f"run written: {workdir}")
     return metrics
 
 
@@ -200,7 +199,7 @@ def restore_run(workdir, *, checkpoint: str = "latest") -> RestoredRun:
     """Rebuild the experiment saved in ``workdir`` and restore its latest (or, with
     ``checkpoint="best"``, its best: ``train.best_metric``) reranker parameters. The reader is
     rebuilt from its source, as training does (a frozen reader is not checkpointed)."""
-    workdir = pathlib.Path(workdir).absolute()  # orbax needs an absolute path
+    workdir = run_path(workdir)  # absolute (orbax needs it), or gs://
     saved = workdir / "experiment.json"
     if not saved.is_file():
         raise FileNotFoundError(f"{workdir}: no experiment.json (not a training run folder)")
@@ -237,5 +236,5 @@ def run_evaluation(workdir) -> dict:
     run = restore_run(workdir)
     results = _evaluate_held_out(run.config, run.ranker, run.reader, run.eval_records,
                                  run.featurize)
-    write_evaluation(pathlib.Path(workdir).absolute(), results)
+    write_evaluation(run_path(workdir), results)
     return {"step": run.step, **results["metrics"]}

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
+
+from gumbel_jax.training.run_folder import run_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,7 @@ def is_due(hook, step: int, end: int) -> bool:
 class TrainContext:
     """What ``loop.train`` tells its hooks before the first step."""
 
-    workdir: pathlib.Path
+    workdir: epath.Path  # absolute, or a gs:// URL (training.run_folder.run_path)
     # The trained model's graph: nnx.merge(ranker_graph, state.params) is the model being
     # trained (the reranker; the reader itself when a reader trains).
     ranker_graph: Any
@@ -70,7 +72,7 @@ class BestCheckpoint:
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                                enable_async_checkpointing=False)
         self.metric = metric
-        self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(),
+        self.manager = ocp.CheckpointManager(run_path(directory),
                                              options=options, item_names=("params", "metrics"))
         self.step, self.value = None, None
         saved = read_best(directory, self.manager)
@@ -109,7 +111,7 @@ def read_best(directory, manager=None) -> dict | None:
     None if there is none."""
     own = manager is None
     if own:
-        manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(),
+        manager = ocp.CheckpointManager(run_path(directory),
                                         item_names=("params", "metrics"))
     try:
         step = manager.latest_step()
@@ -125,7 +127,7 @@ def read_best(directory, manager=None) -> dict | None:
 def load_best(workdir, ranker) -> dict:
     """Load the best reranker of a run (``<workdir>/best``) into ``ranker`` (in place); return
     its record (``{"step", "metric", "value", "metrics"}``)."""
-    directory = pathlib.Path(workdir).absolute() / "best"
+    directory = run_path(workdir) / "best"
     manager = ocp.CheckpointManager(directory, item_names=("params", "metrics"))
     try:
         step = manager.latest_step()

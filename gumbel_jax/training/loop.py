@@ -7,15 +7,10 @@ state, config), metrics.jsonl and TensorBoard, preemption, placement on a mesh."
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import math
-import os
-import pathlib
-import signal
-import threading
 import time
 from typing import Any, NamedTuple
 
@@ -25,8 +20,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from gumbel_jax import sharding
+from gumbel_jax.training import multihost
 from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig, TrainConfig
 from gumbel_jax.training.hooks import Hook, TrainContext, is_due
+from gumbel_jax.training.run_folder import is_remote, run_path, write_text
 from gumbel_jax.training.step import make_optimizer, make_train_step
 
 
@@ -34,25 +31,12 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
 
 
-@contextlib.contextmanager
-def _sigterm_flag():
-    """A flag set by SIGTERM (preemption) while training; the previous handler comes back."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signals can only be handled on the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def checkpoint_manager(workdir: pathlib.Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
-    """The run's orbax manager: ``workdir/checkpoints``, items (state, data, config)."""
+def checkpoint_manager(workdir, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    """The run's orbax manager: ``workdir/checkpoints`` (a local path or ``gs://``), items
+    (state, data, config)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
+    return ocp.CheckpointManager(run_path(workdir) / "checkpoints",
                                  options=options, item_names=("state", "data", "config"))
 
 
@@ -180,7 +164,9 @@ def train_model(config: TrainConfig, *, model, tx, step_fn, dataset, workdir, re
     of each metric over them) and the hooks' lines (``eval/...``); TensorBoard gets the same
     when installed. ``stop_at`` ends the run after that step with a checkpoint, as a
     preemption would. A SIGTERM does the same after the step in flight (``metrics
-    ["preempted"]`` is True). ``hooks`` (see ``training.hooks``, e.g. ``held_out_eval_hook``)
+    ["preempted"]`` is True); with several processes, a SIGTERM to any of them stops every one
+    after the same step (``multihost.Preemption``). ``workdir`` may be local or ``gs://``
+    (``training.run_folder``). ``hooks`` (see ``training.hooks``, e.g. ``held_out_eval_hook``)
     run after the steps they choose, before that step's checkpoint, and see a
     :class:`RankerState` of ``model``; their context names ``model``'s graph and ``reader``
     (the frozen reader, or None). With a ``mesh`` (``gumbel_jax.sharding.make_mesh``) batches
@@ -188,8 +174,7 @@ def train_model(config: TrainConfig, *, model, tx, step_fn, dataset, workdir, re
     ``sharding.PARAMETER_RULES``; a restore lands on whatever mesh is given.
     Returns the metrics of the last line written for training steps.
     """
-    # orbax needs an absolute checkpoint path; library callers may pass a relative one.
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = run_path(workdir)  # absolute, as orbax needs; or a gs:// URL
     workdir.mkdir(parents=True, exist_ok=True)
     graph, params = nnx.split(model)
     iterator = iter(dataset)
@@ -204,22 +189,23 @@ def train_model(config: TrainConfig, *, model, tx, step_fn, dataset, workdir, re
 
     def save(step, state, _=None):
         _save(manager, step, state, iterator, config)
+        log.flush()  # the log reaches the step a resume restarts from
         saved.append(step)
 
     try:
         for hook in hooks:
             getattr(hook, "open", lambda _: None)(context)
-        with _sigterm_flag() as preempted:
+        with multihost.preemption_notice() as preemption:
             state, last = run_steps(
                 step_fn, state, map(place, iterator),
                 start=start, end=config.num_steps, base_key=jax.random.key(config.seed),
                 log_every=config.log_every, on_log=log.train_rows,
                 hooks=[*hooks, Hook(save, every=config.checkpoint_every)],
-                stop=lambda step: step == stop_at or preempted.is_set(),
+                stop=lambda step: step == stop_at or preemption.reached(step),
                 wait_every_step=_collectives_on_cpu(mesh))
             if last and last["step"] != saved[-1]:  # the last step, a stop or a preemption
                 save(last["step"], state)
-            if last and preempted.is_set():
+            if last and preemption.noticed.is_set():
                 log.last["preempted"] = True
     except NonFiniteLossError as error:
         raise NonFiniteLossError(f"{error}; metrics up to it are in {log.path}") from None
@@ -239,6 +225,11 @@ def _collectives_on_cpu(mesh) -> bool:
 
 
 def _place_on_mesh(state: RankerState, fresh_params, tx, mesh) -> RankerState:
+    if jax.process_count() > 1:
+        # A restored state sits on this process's devices, and JAX does not move arrays
+        # between hosts: each process starts from a host copy (device_put then keeps the
+        # shards of its own devices).
+        state = jax.device_get(state)
     params = jax.device_put(state.params, sharding.parameter_shardings(fresh_params, mesh))
     # Optimizer state built from the placed parameters is sharded alike; a restored one is
     # moved onto those shardings.
@@ -250,24 +241,47 @@ def _place_on_mesh(state: RankerState, fresh_params, tx, mesh) -> RankerState:
 
 class _RunLog:
     """metrics.jsonl (written by the first process only; every process trains) and
-    TensorBoard, both cut back to ``start``, the restored step; the progress bar."""
+    TensorBoard, both cut back to ``start``, the restored step; the progress bar.
 
-    def __init__(self, workdir: pathlib.Path, start: int, total: int):
+    On a disk each line is appended and flushed at once. An object store (``gs://``) cannot
+    append: there the whole file is uploaded again at most every ``upload_seconds``, after
+    every checkpoint (:meth:`flush`) and at the end, so a run killed without warning has its
+    lines up to its last checkpoint, where it resumes. TensorBoard events are written for
+    local run folders only (their writers append too)."""
+
+    def __init__(self, workdir, start: int, total: int, *, upload_seconds: float = 30.0,
+                 clock=time.monotonic):
         self.path = workdir / "metrics.jsonl"
-        writes = jax.process_index() == 0
-        if writes:
-            truncate_metrics(self.path, start)
-        self.file = open(self.path if writes else os.devnull, "a")
-        self.events = _tensorboard(workdir, start) if writes else None
+        self.writes, self.remote = multihost.is_writer(), is_remote(workdir)
+        self.lines = truncate_metrics(self.path, start) if self.writes else []
+        self.file = open(self.path, "a") if self.writes and not self.remote else None
+        self.events = (_tensorboard(workdir, start) if self.writes and not self.remote
+                       else None)
+        self.upload_seconds, self.clock = upload_seconds, clock
+        self.uploaded = clock()
         self.progress = _progress(start, total)
         self.last = {}
 
     def write(self, step: int, values: dict) -> None:
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
-        self.file.flush()
+        if not self.writes:
+            return
+        line = json.dumps({"step": step, **values})
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+        else:
+            self.lines.append(line)
+            if self.clock() - self.uploaded >= self.upload_seconds:
+                self.flush()
         if self.events is not None:
             for name, value in values.items():
                 self.events.add_scalar(name if "/" in name else f"train/{name}", value, step)
+
+    def flush(self) -> None:
+        """Upload the whole log to an object store (on a disk every line is already there)."""
+        if self.writes and self.remote:
+            write_text(self.path, "".join(line + "\n" for line in self.lines))
+            self.uploaded = self.clock()
 
     def train_rows(self, rows: list[dict], seconds: float) -> None:
         """One line for the steps since the last sync: their mean loss and gradient norm."""
@@ -281,22 +295,25 @@ class _RunLog:
 
     def close(self) -> None:
         self.progress.close()
-        self.file.close()
+        self.flush()
+        if self.file is not None:
+            self.file.close()
         if self.events is not None:
             self.events.close()
 
 
-def truncate_metrics(path: pathlib.Path, step: int) -> None:
-    """Drop the lines of ``path`` past ``step`` (and a line cut short when a process was
-    killed while writing it), by an atomic rewrite; the run then continues from ``step``."""
+def truncate_metrics(path, step: int) -> list[str]:
+    """Drop the lines of ``path`` (local or ``gs://``) past ``step`` (and a line cut short
+    when a process was killed while writing it), by an atomic rewrite; the run then continues
+    from ``step``. Returns the lines kept."""
+    path = run_path(path)
     if not path.is_file():
-        return
+        return []
     lines = path.read_text().splitlines()
     kept = [line for line in lines if _line_step(line) is not None and _line_step(line) <= step]
     if kept != lines:
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
-        os.replace(temporary, path)
+        write_text(path, "".join(line + "\n" for line in kept))
+    return kept
 
 
 def _line_step(line: str) -> int | None:
@@ -325,7 +342,7 @@ def _progress(start: int, total: int):
                 disable=not sys.stderr.isatty())
 
 
-def _tensorboard(workdir: pathlib.Path, start: int = 0):
+def _tensorboard(workdir, start: int = 0):
     """A TensorBoard event writer when tensorboard is installed (through tensorboardX or
     torch); None otherwise. Metrics always go to metrics.jsonl as well. A resumed run purges
     the events past its restored step ``start``."""

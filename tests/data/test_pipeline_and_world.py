@@ -131,6 +131,23 @@ def test_shards_partition_the_data(featurizer):
     assert jax.process_count() == 1
 
 
+def test_shards_hold_the_rows_of_the_one_process_batches(featurizer):
+    """Two processes' batches side by side (as shard_batch assembles them) are the batches of
+    one process with the global batch, across an epoch boundary; and the shards' iterator
+    states are equal (the checkpoint keeps the first process's, for all)."""
+    records, featurize = featurizer
+    whole = iter(make_dataset(records, featurize, batch_size=8, seed=5, shard_index=0,
+                              shard_count=1))
+    shards = [iter(make_dataset(records, featurize, batch_size=4, seed=5, shard_index=i,
+                                shard_count=2)) for i in range(2)]
+    for _ in range(7):  # 56 examples: past the first epoch of 40
+        expected = next(whole)["example_id"].tolist()
+        assert sum((next(shard)["example_id"].tolist() for shard in shards), []) == expected
+    assert shards[0].get_state() == shards[1].get_state()
+    with pytest.raises(ValueError, match="shard_index=2 is not in"):
+        make_dataset(records, featurize, batch_size=4, seed=0, shard_index=2, shard_count=2)
+
+
 def test_sentence_pairs_for_cross_encoders_keep_separators_when_cut():
     """A cross-encoder's (question, passage) pair: equal to its tokenizer's own pair encoding
     when it fits; when cut, the passage shrinks first while the question fits in half the
