@@ -22,8 +22,10 @@ Large readers is not published. Start elsewhere with --set model.reader=google/f
 (or google/t5-v1_1-large, a folder, or one of FiD's released checkpoints with
 model.reader_tokenizer=google-t5/t5-large).
 
-Hardware and time: see python -m experiments.costs (the readers stage rows; estimates: no
-reader has been trained here at this size).
+Hardware and time (estimates, python -m experiments.costs: no reader has been trained at
+this size here): about 2.0 h on one H100 80GB, 1.2 h on a TPU v5e-8 (--mesh 1,8,1: fsdp
+shards the ~9 GB of parameters and AdamW state), 1.8 h on a TPU v4-8, plus the held-out
+evaluations. On GPUs add --set model.attention=cudnn.
 
 Needs: the gj_hotpotqa dataset (python -m experiments.prepare_data --dataset hotpotqa ...) and
 google-t5/t5-large from the Hugging Face hub.
