@@ -6,6 +6,7 @@ errors."""
 import dataclasses
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -317,3 +318,34 @@ def test_readers_stage_cost_computed_by_hand():
     row = [line for line in costs.reader_markdown().splitlines()
            if line.startswith("| fid-large-hotpotqa |")][0]
     assert f"| {total / 1e12:.0f} | {total * 6000 / 1e15:.0f} | 2.0 h |" in row
+
+
+@pytest.mark.slow
+def test_continued_training_from_a_fid_wrapped_checkpoint(tmp_path):
+    """FiD's released readers save the encoder wrapped (``encoder.encoder.block.N.module.…``):
+    such a folder is a start checkpoint. A tiny reader trained 4 steps and saved in FiD's
+    layout continues from its trained weights (its first loss is far below a fresh start's)."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    first = run_reader_training(_synthetic(), tmp_path / "first")
+    export = tmp_path / "first" / "export"
+    fid = tmp_path / "fid_layout"
+    shutil.copytree(export, fid)
+    wrapped = {}
+    for name, value in _exported_params(export).items():
+        if name.startswith("encoder."):
+            name = "encoder." + re.sub(r"^encoder\.block\.(\d+)\.", r"encoder.block.\1.module.",
+                                       name)
+        wrapped[name] = value
+    assert "encoder.encoder.block.0.module.layer.0.SelfAttention.q.weight" in wrapped
+    save_file(wrapped, str(fid / "model.safetensors"), metadata={"format": "pt"})
+    config = _synthetic()
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, reader=str(fid)),
+        train=dataclasses.replace(config.train, num_steps=2))
+    run_reader_training(config, tmp_path / "continued")
+    fresh_first, trained_first = _losses(tmp_path / "first")[0][1], _losses(
+        tmp_path / "continued")[0][1]
+    assert trained_first < first["loss"] + 0.5 < fresh_first
