@@ -67,8 +67,13 @@ class LlamaConfig:
         """From a transformers ``LlamaConfig`` or the dict of a ``config.json`` (keys we do
         not model, such as ``is_decoder``, are ignored: causality is the caller's choice)."""
         raw = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+        # What this module does not implement is refused, not silently computed otherwise.
         if raw.get("rope_scaling"):
             raise ValueError(f"rope_scaling {raw['rope_scaling']!r} is not supported")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {raw['hidden_act']!r}: only SwiGLU (silu) is supported")
+        if raw.get("attention_bias") or raw.get("mlp_bias"):
+            raise ValueError("attention_bias / mlp_bias: Llama-2 has no biases; not supported")
         theta = raw.get("rope_theta") or (raw.get("rope_parameters") or {}).get("rope_theta")
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: raw[k] for k in fields if raw.get(k) is not None}

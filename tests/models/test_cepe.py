@@ -345,6 +345,7 @@ def test_value_weighted_statistic_and_temperature(reader, memory, batch):
     np.testing.assert_allclose(hot, jnp.where(batch["answer_mask"], expected, 0.0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_every_objective_trains_a_reranker_through_a_cepe_reader(reader, batch):
     """Each loss of the trainer's registry, with CEPE as the frozen reader: finite, and a
     gradient to the reranker scores that only padded candidates lack."""

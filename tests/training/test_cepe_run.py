@@ -6,6 +6,7 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 
 from experiments import train as train_cli
 from experiments.cli import load_config
@@ -37,6 +38,7 @@ def test_cepe_featurizer_packs_contexts_then_the_left_padded_prompt():
     np.testing.assert_array_equal(memory.prompt_ids[0], ids[0, 16:] * prompt[0])
 
 
+@pytest.mark.slow
 def test_train_cli_runs_with_a_cepe_reader(tmp_path, capsys):
     workdir = tmp_path / "run"
     overrides = [*CEPE, "train.eval_answers=True"]
