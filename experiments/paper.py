@@ -7,15 +7,19 @@ table, the row, the paper's numbers, the command, the hardware and the time) and
 seed); ``experiments.make_tables`` puts their results beside the paper's.
 
 Settings the paper does not publish (learning rate, batch, steps, lengths, mining size) are
-ours, stated here once; every row can override them on the command line (``--set``).
+ours, stated here once; every row can override them on the command line (``--set``). The
+temperatures it does not publish for rerankers (θ, T of the baselines) and τ are tuned, with
+the same small grid budget for every method (``TUNING``, ``reproduce --tune``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import pathlib
 
+from gumbel_jax.data.formats import RANKING_LABELS
 from gumbel_jax.models import RANKT5_SCORE_TOKEN_ID
 from gumbel_jax.training.config import (
     DataConfig,
@@ -46,11 +50,31 @@ class Table:
     title: str
     columns: tuple[Column, ...]
     rows: tuple[str, ...]  # row labels in the paper's order
+    # What its ranking columns count as relevant: "gold" passages (multi-hop sets) or
+    # "answer" passages (NQ / TriviaQA: answer recall); RANKING_DEFINITIONS says how.
+    ranking: str = "gold"
+
+
+RANKING_DEFINITIONS = {
+    "gold": "ranking columns over the gold (supporting) passages the dataset marks: R@5 = "
+            "the fraction of a question's gold passages in the reranker's top 5, NDCG@5 "
+            "with binary gains, MRR = 1 / rank of the first gold passage in the whole "
+            "ranking (not cut at 5)",
+    "gold_and_answer": "R@5 over the gold passages on HotpotQA (as its own table), answer "
+                       "R@5 (top-5 accuracy, as the NQ table) on both datasets",
+    "answer": "FiD's NQ / TriviaQA files mark no gold passages: R@5 is answer recall (top-5 "
+              "accuracy, as DPR and FiD report it) = the fraction of questions with a "
+              "passage containing an answer alias (SQuAD normalisation, or the file's "
+              "has_answer) among the reranker's top 5; a question whose candidates contain "
+              "no answer counts as a miss",
+}
 
 
 MINING_R5 = Column("Mining R@5", "mining", "recall@5")
 MINING_NDCG5 = Column("Mining NDCG@5", "mining", "ndcg@5")
 RERANKER_R5 = Column("Reranker R@5", "eval", "recall@5")
+# NQ / TriviaQA: answer recall (RANKING_DEFINITIONS["answer"]).
+RERANKER_ANSWER_R5 = Column("Reranker R@5", "eval", "answer_recall@5")
 EM = Column("EM", "eval", "em")
 F1 = Column("F1", "eval", "f1")
 METHOD_ROWS = ("EMDR", "PDist", "LOOP", "ADist", "G-Rerank")
@@ -73,14 +97,17 @@ TABLES: dict[str, Table] = {
     "bge": Table("HotpotQA with the BGE-base reranker (XLM-RoBERTa cross-encoder)",
                  (MINING_R5, MINING_NDCG5, RERANKER_R5, EM, F1), METHOD_ROWS),
     "nq": Table("Natural Questions (FiD's retrieved passages), FiD-Large reader, "
-                "RankT5-base reranker", (RERANKER_R5, EM, F1), METHOD_ROWS),
+                "RankT5-base reranker", (RERANKER_ANSWER_R5, EM, F1), METHOD_ROWS,
+                ranking="answer"),
     "triviaqa": Table("TriviaQA (FiD's retrieved passages), FiD-Large reader, "
-                      "RankT5-base reranker", (RERANKER_R5, EM, F1), METHOD_ROWS),
+                      "RankT5-base reranker", (RERANKER_ANSWER_R5, EM, F1), METHOD_ROWS,
+                      ranking="answer"),
     # The paper reports G-Rerank's gains with CEPE-Llama2-7B as the reader too, but its exact
     # CEPE rows are not in our notes (method.md): every cell here is ours alone.
     "cepe": Table("CEPE-Llama2-7B reader, RankT5-base reranker, on HotpotQA and NQ",
                   (RERANKER_R5, Column("answer R@5", "eval", "answer_recall@5"), EM, F1),
-                  tuple(f"{name} {row}" for name in ("HotpotQA", "NQ") for row in METHOD_ROWS)),
+                  tuple(f"{name} {row}" for name in ("HotpotQA", "NQ") for row in METHOD_ROWS),
+                  ranking="gold_and_answer"),
     "ablations": Table("Ablations on HotpotQA (G-Rerank, RankT5-base)",
                        (MINING_R5, RERANKER_R5, EM, F1,
                         Column("indirect R@5", "eval", "indirect_recall@5")), ABLATION_ROWS),
@@ -95,6 +122,54 @@ class PaperRow:
     experiment: ExperimentConfig | ReaderExperimentConfig  # the latter: readers stage
     paper: dict[str, float] = dataclasses.field(default_factory=dict)  # label -> number (%)
     hardware: str = ""  # expected hardware and time of one seed
+    # The held-out metric that picks the run's TUNING point under ``reproduce --tune``
+    # ("": the row fixes its settings, as the ablations do).
+    tune_metric: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningGrid:
+    """The objective settings one method tunes: each ``ObjectiveConfig`` field with its
+    candidate values. Every point of their product is one extra training (seed 0) on the
+    training split less its first ``TUNING_QUESTIONS`` questions, evaluated on those; the
+    best point by the row's ``tune_metric`` (ties: the earlier point) is then trained at
+    every seed (``experiments.reproduce``)."""
+
+    axes: tuple[tuple[str, tuple[float, ...]], ...]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.axes)
+
+    def points(self) -> list[dict[str, float]]:
+        """The grid's points in order (the first axis varies slowest)."""
+        return [dict(zip(self.fields, values, strict=True))
+                for values in itertools.product(*(values for _, values in self.axes))]
+
+    def replace_axis(self, field: str, values: tuple[float, ...]) -> TuningGrid:
+        """The grid with ``field``'s values replaced (``reproduce --tune_grid``)."""
+        if field not in self.fields:
+            raise ValueError(f"{field!r} is not tuned by this grid (it tunes "
+                             f"{', '.join(self.fields)})")
+        return TuningGrid(tuple((name, values if name == field else old)
+                                for name, old in self.axes))
+
+
+# The paper publishes no temperature for rerankers, and Atlas's 0.01 (our defaults) assumes a
+# retriever's already-scaled scores: on raw reranker logits (±10) softmax(s / 0.01) is an
+# argmax. So every method gets the same budget, four trainings, on held-out questions: τ for
+# G-Rerank (0.5, the third-party report of the paper's value, first so that it wins ties),
+# θ (the reranker's softmax temperature) x T (temperature_gold, the target's) for the
+# baselines. κ stays 1 (a score scale is redundant with τ).
+BASELINE_GRID = TuningGrid((("theta", (1.0, 0.1)), ("temperature_gold", (1.0, 0.1))))
+TUNING: dict[str, TuningGrid] = {
+    "g_rerank": TuningGrid((("tau", (0.5, 0.25, 1.0, 2.0)),)),
+    "emdr": BASELINE_GRID, "pdist": BASELINE_GRID, "loop": BASELINE_GRID,
+    "adist": BASELINE_GRID,
+}
+TUNING_QUESTIONS = 1000  # held out from the training split's start (not the reported split)
+# The metric that chooses, per dataset: the tables' "Reranker R@5" on the tuning questions.
+TUNE_METRIC = {"gold": "recall@5", "answer": "answer_recall@5"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +241,8 @@ def method_row(table: str, dataset: str, row: str, *, paper: dict | None = None,
     run = f"{prefix}{dataset}_{method}"
     return PaperRow(table, row, run,
                     paper_experiment(dataset, method, reranker=reranker, name=run),
-                    dict(paper or {}), hardware)
+                    dict(paper or {}), hardware,
+                    tune_metric=TUNE_METRIC[RANKING_LABELS[dataset]])
 
 
 # CEPE-Llama2-7B (hyen/CEPE-LLaMA-2-7B) as the frozen reader: candidates to its context
@@ -192,7 +268,8 @@ def cepe_row(dataset: str, row: str, *, hardware: str = "") -> PaperRow:
     model = dataclasses.replace(experiment.model, **CEPE)
     label = {"hotpotqa": "HotpotQA", "nq": "NQ"}[dataset]
     return PaperRow("cepe", f"{label} {row}", run,
-                    dataclasses.replace(experiment, data=data, model=model), {}, hardware)
+                    dataclasses.replace(experiment, data=data, model=model), {}, hardware,
+                    tune_metric=TUNE_METRIC[RANKING_LABELS[dataset]])
 
 
 def ablation_row(row: str, run: str, *, objective: dict | None = None,
@@ -235,6 +312,20 @@ def load_rows(directory: str | pathlib.Path = CONFIG_DIR) -> list[PaperRow]:
     order = {(t, r): (i, j) for i, (t, table) in enumerate(TABLES.items())
              for j, r in enumerate(table.rows)}
     return sorted(rows, key=lambda row: order[(row.table, row.row)])
+
+
+def tuned_runs(rows: list[PaperRow]) -> dict[str, tuple[TuningGrid, str]]:
+    """``{run: (grid, metric)}`` for the runs a method row tunes. A run shared with a row
+    that fixes its settings (the ablations' G-Rerank reference) is tuned: its other rows
+    report the same trained reranker."""
+    tuned: dict[str, tuple[TuningGrid, str]] = {}
+    for row in rows:
+        if not row.tune_metric:
+            continue
+        entry = (TUNING[row.experiment.train.objective.name], row.tune_metric)
+        if tuned.setdefault(row.run, entry) != entry:
+            raise ValueError(f"run {row.run!r}: its rows tune it differently")
+    return tuned
 
 
 # ------------------------------------------------------------------ the readers stage
