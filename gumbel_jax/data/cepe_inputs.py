@@ -3,10 +3,10 @@ decoder, packed into the Reader interface's ``[docs, context_len + prompt_len]``
 (``models.cepe.pack_inputs``'s layout), and the answer as the decoder continues it.
 
 Defaults follow CEPE's QA evaluation (``data.templates``): contexts without BOS, at most 256
-tokens in CEPE; the prompt starts with BOS; generation is greedy. CEPE pads and truncates
-contexts on the left; here they are right-padded and cut at the end (rotary positions are
-relative, so padding side does not change the encoding), and the prompt is left-padded so
-the answer follows it directly.
+tokens in CEPE, truncated on the left as CEPE does (a long context keeps its end); the prompt
+starts with BOS; generation is greedy. CEPE also pads contexts on the left; here they are
+right-padded (rotary positions are relative, so the padding side does not change the
+encoding), and the prompt is left-padded so the answer follows it directly.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ from gumbel_jax.data.pipeline import FeatureSpec, Featurizer, as_record
 from gumbel_jax.data.templates import cepe_context_text, cepe_question_prompt
 
 
-def right_padded(rows: Sequence[Sequence[int]], length: int, count: int):
-    """``count`` rows of ``length`` tokens, each cut at the end: ids and mask."""
+def right_padded(rows: Sequence[Sequence[int]], length: int, count: int, *,
+                 keep_end: bool = False):
+    """``count`` rows of ``length`` tokens, each cut at the end (or, with ``keep_end``, at the
+    start), right-padded: ids and mask."""
     ids, mask = np.zeros((count, length), np.int32), np.zeros((count, length), bool)
     for row, tokens in enumerate(rows):
-        kept = list(tokens)[:length]
+        tokens = list(tokens)
+        kept = tokens[max(len(tokens) - length, 0):] if keep_end else tokens[:length]
         ids[row, :len(kept)], mask[row, :len(kept)] = kept, True
     return ids, mask
 
@@ -35,7 +38,8 @@ def prompt_tokens(tokenizer, question: str, length: int, *,
     "Answer:")."""
     tokens = tokenizer(template(question), add_special_tokens=False)["input_ids"]
     bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    kept = bos + tokens[len(tokens) - max(length - len(bos), 0):]
+    room = max(length - len(bos), 0)
+    kept = bos + tokens[max(len(tokens) - room, 0):]
     ids, mask = np.zeros(length, np.int32), np.zeros(length, bool)
     ids[length - len(kept):], mask[length - len(kept):] = kept, True
     return ids, mask
@@ -77,7 +81,7 @@ class CepeFeaturizer(Featurizer):
         texts = [self.reader_template(record.question, p.title, p.text) for p in passages]
         contexts = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         context_ids, context_mask = right_padded(contexts, spec.reader_length,
-                                                 spec.num_candidates)
+                                                 spec.num_candidates, keep_end=True)
         prompt_ids, prompt_mask = prompt_tokens(tokenizer, record.question,
                                                 self.prompt_length,
                                                 template=self.prompt_template)

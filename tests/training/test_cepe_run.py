@@ -20,6 +20,24 @@ CEPE = ["model.reader_kind=cepe", "model.cepe_prompt_length=12", "data.num_train
         "model.d_model=16", "model.num_layers=1", "model.num_heads=2"]
 
 
+def test_cepe_token_layout_cuts_and_pads_as_cepe_reads():
+    """Contexts keep their end (CEPE truncates on the left) and are right-padded; a long
+    prompt keeps "Answer:" and loses its start; the answer ends with EOS."""
+    from gumbel_jax.data.cepe_inputs import answer_tokens, prompt_tokens, right_padded
+    from gumbel_jax.data.tokenizer import word_level_tokenizer
+
+    ids, mask = right_padded([[5, 6, 7, 8], [9]], 3, 3, keep_end=True)
+    np.testing.assert_array_equal(ids, [[6, 7, 8], [9, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(mask.sum(-1), [3, 1, 0])
+    tokenizer = word_level_tokenizer([], extra_texts=["Question: who wrote it Answer: Paris"])
+    ids, mask = prompt_tokens(tokenizer, "who wrote it", 3)
+    assert tokenizer.convert_ids_to_tokens(ids.tolist()) == ["wrote", "it", "Answer:"]
+    ids, mask = prompt_tokens(tokenizer, "who wrote it", 8)
+    assert mask.tolist() == [False, False, False, True, True, True, True, True]
+    ids, mask = answer_tokens(tokenizer, "Paris", 3)
+    assert tokenizer.convert_ids_to_tokens(ids[mask].tolist()) == ["Paris", "</s>"]
+
+
 def test_cepe_featurizer_packs_contexts_then_the_left_padded_prompt():
     config = load_config(CONFIG, CEPE)
     reader, _, _, eval_records, featurize = build(config)
