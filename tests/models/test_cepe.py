@@ -296,6 +296,10 @@ def test_memory_recomputed_from_states_equals_precomputed(cepe_tensors, memory, 
     log_mask = jnp.log(jnp.full((2, DOCS), 0.5))
     np.testing.assert_allclose(_log_probs(lean, lean_memory, batch, log_mask),
                                _log_probs(reader, memory, batch, log_mask), atol=1e-6)
+    # With the keys and values precomputed, decoding never reads the encoder states again.
+    poisoned = memory.replace(states=jnp.full_like(memory.states, jnp.nan))
+    np.testing.assert_array_equal(_log_probs(reader, poisoned, batch, log_mask),
+                                  _log_probs(reader, memory, batch, log_mask))
 
 
 def test_gradient_to_reranker_scores_matches_finite_differences(cepe_tensors, batch, float64):
