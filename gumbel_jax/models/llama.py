@@ -218,12 +218,6 @@ class LlamaLayer(nnx.Module):
         self.post_attention_layernorm = norm()
         self.mlp = LlamaMLP(config, rngs)
 
-    def self_key_values(self, x, positions):
-        """Rotated keys and values of the normed states ``x``: ``[batch, len, kv_heads,
-        head_dim]`` each."""
-        keys, values = self.self_attn.key_values(self.input_layernorm(x))
-        return rotate(keys, positions, self.theta), values
-
     def __call__(self, x, positions, self_bias, cross=None, past=None):
         """One layer.
 
