@@ -131,6 +131,10 @@ class ModelConfig:
     # data.cepe_inputs) and the answer.
     reader_kind: ReaderKind = "fid"
     cepe_prompt_length: int = 64
+    # CEPE: every cross-attention layer's memory keys/values computed once per question
+    # (fast; 1.3 GB per question of 10 x 256 tokens for the 7B) or projected from the encoder
+    # states at each use (False: 16 GB chips).
+    cepe_precompute_memory: bool = True
     # "pretrained" loads ``reranker``; "random" starts from random weights of
     # ``reranker_architecture`` (the from-scratch ablation; ``reranker`` still names the
     # tokenizer).

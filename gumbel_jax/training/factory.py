@@ -108,7 +108,8 @@ def model_architectures(config: ModelConfig, vocab_size: int | None = None):
 def _random_reader(architecture: T5Config | CepeConfig, config: ModelConfig):
     if isinstance(architecture, CepeConfig):
         return CepeReader.random(architecture, seed=0, method=config.dma,
-                                 prompt_length=config.cepe_prompt_length)
+                                 prompt_length=config.cepe_prompt_length,
+                                 precompute_memory=config.cepe_precompute_memory)
     return FiDReader.random(architecture, seed=0, method=config.dma)
 
 
@@ -127,7 +128,9 @@ def load_reader(config: ModelConfig, *, mesh=None):
 
     if config.reader_kind == "cepe":
         return load_cepe(config.reader, method=config.dma, mesh=mesh,
-                         prompt_length=config.cepe_prompt_length, **compute_options(config))
+                         prompt_length=config.cepe_prompt_length,
+                         precompute_memory=config.cepe_precompute_memory,
+                         **compute_options(config))
     return load_fid_reader(config.reader, method=config.dma, **compute_options(config))
 
 

@@ -56,6 +56,19 @@ def test_cepe_featurizer_packs_contexts_then_the_left_padded_prompt():
     np.testing.assert_array_equal(memory.prompt_ids[0], ids[0, 16:] * prompt[0])
 
 
+def test_model_config_reaches_the_cepe_reader():
+    from gumbel_jax.training.config import ModelConfig
+    from gumbel_jax.training.factory import build_models
+
+    config = ModelConfig(reader_kind="cepe", cepe_prompt_length=7, dma="blockwise",
+                         cepe_precompute_memory=False, d_model=16, num_layers=1, num_heads=2,
+                         score_token_id=3)
+    reader, _ = build_models(config, vocab_size=40)
+    assert (reader.prompt_length, reader.method, reader.precompute_memory) == (7, "blockwise",
+                                                                                False)
+    assert reader.config.encoder.hidden_size == 8 and reader.model.cross_layers == (0,)
+
+
 @pytest.mark.slow
 def test_train_cli_runs_with_a_cepe_reader(tmp_path, capsys):
     workdir = tmp_path / "run"
