@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import pathlib
@@ -34,6 +35,7 @@ from experiments.cli import fail, user_path
 from experiments.paper import RANKING_DEFINITIONS, TABLES, TUNING, PaperRow, load_rows
 from experiments.reproduce import cell_state, is_finished
 from experiments.tuning import point_label, read_choice
+from gumbel_jax.training.run_folder import run_path, write_text
 
 
 def seed_results(workdir: pathlib.Path, run: str) -> dict[str, list[dict]]:
@@ -189,7 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3,
                    help="seeds expected per run (for the missing list)")
     args = p.parse_args(argv)
-    workdir = pathlib.Path(args.workdir)
+    workdir = run_path(args.workdir)  # a local folder or gs://
     if not workdir.is_dir():
         return fail(f"{workdir}: no such folder")
     try:
@@ -204,16 +206,17 @@ def main(argv=None) -> int:
             state = cell_state(workdir / run / f"seed{seed}")
             if state != "finished":
                 missing.append(f"{run}/seed{seed}: {state}")
-    out = pathlib.Path(args.out) if args.out else workdir
+    out = run_path(args.out) if args.out else workdir
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(markdown(rows, entries, missing, tuned))
-    with open(out / "tables.csv", "w", newline="") as handle:
+    with io.StringIO(newline="") as handle:
         fields = ["table", "row", "run", "column", "seeds", "ours_mean", "ours_std", "paper",
                   "diff", "settings"]
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row_entries in entries.values():
             writer.writerows(row_entries)
+        write_text(out / "tables.csv", handle.getvalue())  # one upload to gs://
     finished = sum(1 for row_entries in entries.values() if any(e["seeds"] for e in row_entries))
     print(f"wrote {out / 'tables.md'} and {out / 'tables.csv'}: {finished} of {len(rows)} "
           f"rows have results; {len(missing)} cells missing or unfinished")
