@@ -34,8 +34,19 @@ def load_config(path: str, overrides: list[str]):
 def user_path(text: str) -> str:
     """A path given on the command line, resolved once here: ``~`` expanded and made
     absolute (orbax refuses relative checkpoint paths; tfds does not expand ``~``). URLs such
-    as ``gs://bucket/run`` pass through unchanged. Use as an argparse ``type``."""
-    if not text or "://" in text:
+    as ``gs://bucket/run`` pass through unchanged, once a client for them is found. Use as an
+    argparse ``type``."""
+    if not text:
+        return text
+    if "://" in text:
+        import argparse
+
+        from gumbel_jax.training.run_folder import run_path
+
+        try:
+            run_path(text)  # a gs:// URL without gcsfs is refused here, in one line
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
         return text
     return str(pathlib.Path(text).expanduser().absolute())
 

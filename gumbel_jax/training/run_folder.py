@@ -4,6 +4,7 @@ through ``etils.epath``, the path type orbax uses, so one code path serves both.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 
@@ -15,8 +16,18 @@ def run_path(workdir: str | os.PathLike) -> epath.Path:
     absolute (orbax refuses relative checkpoint paths)."""
     text = os.fspath(workdir)
     if is_remote(text):
+        _check_client(text)
         return epath.Path(text)
     return epath.Path(pathlib.Path(text).expanduser().absolute())
+
+
+def _check_client(url: str) -> None:
+    """A gs:// folder needs a client behind epath: gcsfs (or TensorFlow's gfile, which epath
+    prefers when it is installed). Said up front, rather than as an import error mid-run."""
+    if url.startswith("gs://") and not any(importlib.util.find_spec(name)
+                                           for name in ("gcsfs", "tensorflow")):
+        raise ValueError(f"{url}: a gs:// run folder needs gcsfs (pip install gcsfs; "
+                         "experiments/tpu/setup.sh installs it on TPU VMs)")
 
 
 def is_remote(path: str | os.PathLike) -> bool:

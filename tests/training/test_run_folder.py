@@ -6,6 +6,7 @@ behind orbax. Nothing leaves the machine."""
 
 import json
 import socket
+import sys
 
 import pytest
 
@@ -54,6 +55,17 @@ def test_run_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatc
     assert str(run_folder.run_path("gs://bucket/runs/a")) == "gs://bucket/runs/a"
     assert str(run_folder.run_path("runs/a")) == str(tmp_path / "runs" / "a")
     assert run_folder.is_remote("gs://b/x") and not run_folder.is_remote(tmp_path)
+    # Without a gs:// client the CLIs say so in one line (they report ValueErrors).
+    monkeypatch.setitem(sys.modules, "gcsfs", None)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(ValueError, match="needs gcsfs"):
+        run_folder.run_path("gs://bucket/runs/a")
+    import argparse
+
+    from experiments.cli import user_path
+
+    with pytest.raises(argparse.ArgumentTypeError, match="needs gcsfs"):
+        user_path("gs://bucket/runs/a")  # --workdir of every command
 
 
 def test_metrics_log_in_an_object_store_is_uploaded_whole_and_cut_back_on_resume(gcs):
