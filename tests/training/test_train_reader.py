@@ -161,7 +161,8 @@ def test_reader_resume_is_exact(tmp_path):
 @pytest.mark.slow
 def test_sharded_reader_training_equals_one_device(tmp_path):
     """data=2 x fsdp=2 x tensor=2 over 8 simulated CPU devices (parameters and AdamW state
-    sharded by the rules table) against one device. Sharded sums add in another order
+    sharded by the rules table; held-out generation and the best checkpoint on the mesh)
+    against one device. Sharded sums add in another order
     (float32, ~1e-7 relative); Adam's division by sqrt(v) can magnify that for a tiny
     gradient to ~1e-4 of one update (lr 1e-2): tolerance 1e-5 over 4 steps, where a gradient
     not summed over devices would move parameters by about an update (1e-2)."""
@@ -170,9 +171,13 @@ def test_sharded_reader_training_equals_one_device(tmp_path):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (simulated) devices")
     config = _synthetic()
-    run_reader_training(config, tmp_path / "single")
-    run_reader_training(config, tmp_path / "sharded",
-                        mesh=make_mesh(data=2, fsdp=2, tensor=2))
+    # The held-out evaluation (generation) and the best checkpoint run on the mesh too.
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, eval_every=4, best_metric="em"))
+    single_eval = run_reader_training(config, tmp_path / "single")
+    sharded_eval = run_reader_training(config, tmp_path / "sharded",
+                                       mesh=make_mesh(data=2, fsdp=2, tensor=2))
+    assert (sharded_eval["em"], sharded_eval["checkpoint_step"]) == (single_eval["em"], 4)
     single, sharded = (_exported_params(tmp_path / name / "export")
                        for name in ("single", "sharded"))
     for name in single:
