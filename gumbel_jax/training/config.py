@@ -351,6 +351,9 @@ def validate_reader(config: ReaderExperimentConfig) -> None:
     if not config.model.reader:
         raise ValueError("model.reader must name the reader to train: 'tiny', a T5 / FiD "
                          "checkpoint folder or a hub name such as google-t5/t5-large")
+    if config.model.reader_kind != "fid":
+        raise ValueError(f"model.reader_kind={config.model.reader_kind!r}: reader training "
+                         "trains Fusion-in-Decoder (T5) readers only")
     if not 0 <= config.num_slots <= config.data.num_candidates:
         raise ValueError(f"num_slots={config.num_slots} must be in [0, data.num_candidates="
                          f"{config.data.num_candidates}] (0: read every candidate, as FiD)")
