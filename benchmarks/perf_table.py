@@ -34,6 +34,16 @@ STEP_ROWS = (
      "PyTorch reference before issue 17 (eager reader), eager", "eager"),
     ("2026-11-26/h100_same_call_torch_compile_b16.json",
      "PyTorch reference before issue 17 (eager reader), torch.compile", "compile"),
+    # Issue 17, one device call (issue17/h100_issue17.log), in this order.
+    ("2026-11-26/issue17/step_b32.json", "ours, both levers (trainer's default)", None),
+    ("2026-11-26/issue17/step_b32_before.json", "ours, neither lever (same call)", None),
+    ("2026-11-26/issue17/step_b32_fold_only.json", "ours, fold only (same call)", None),
+    ("2026-11-26/issue17/step_b16.json", "ours, both levers (same call)", None),
+    ("2026-11-26/issue17/torch_b16.json", "fair PyTorch peer, eager (same call)", "eager"),
+    ("2026-11-26/issue17/torch_b16.json", "fair PyTorch peer, eager, batch-32 attempt "
+     "(same call)", "other_batches/32/eager"),
+    ("2026-11-26/issue17/torch_b16.json", "fair PyTorch peer, torch.compile (same call)",
+     "compile"),
 )
 # Scaling results: the issue-17 step JSONs with the levers on (the trainer's default) and
 # every scale_* JSON.
@@ -75,7 +85,8 @@ def step_row(path: str, label: str, mode: str | None) -> str:
     timing, shape = report, report["shape"]
     for key in (mode.split("/") if mode else ()):  # e.g. "other_batches/32/eager"
         shape = timing.get("shape", shape)
-        timing = timing[key]
+        # A run that never returned (its time limit ended the process) left no entry.
+        timing = timing.get(key, {"error": "no result: the run did not finish (see its log)"})
     batch = shape["batch"]
     if mode == "compile" and "first_call_s" in timing:
         label += f" ({timing.get('compile_s', timing['first_call_s']):.0f} s to compile)"
