@@ -104,6 +104,12 @@ def tune_experiment(experiment: ExperimentConfig, values: dict[str, float],
     return dataclasses.replace(experiment, data=data, train=train)
 
 
+def held_out_text(questions: int) -> str:
+    """How ``tuning.json`` and the tables name the tuning questions."""
+    return (f"the training split's first {questions} questions" if questions != 1 else
+            "the training split's first question")
+
+
 def choose(values: list[float]) -> int:
     """The index of the best value (higher is better; ties: the earlier point)."""
     bad = [i for i, v in enumerate(values) if v is None or not math.isfinite(v)]

@@ -356,6 +356,7 @@ def test_tuning_chooses_on_held_out_training_questions_and_the_tables_report_it(
     run = TUNED[0]
     choice = json.loads((runs / run / "tuning.json").read_text())
     assert choice["metric"] == "answer_recall@5"
+    assert choice["questions"] == "the training split's first question"
     points = [{"theta": 1.0, "temperature_gold": 0.1}]
     assert [p["values"] for p in choice["grid"]] == points
     values = []
@@ -382,8 +383,8 @@ def test_tuning_chooses_on_held_out_training_questions_and_the_tables_report_it(
     assert entry["settings"] == f"{label} (tuned by answer_recall@5)"
     table = (runs / "tables.md").read_text()
     assert f"| {label} (tuned by answer_recall@5) |" in table
-    assert (f"- {run}: chose {label} by answer_recall@5 (%) on the first 1 training "
-            "questions;") in table
+    assert (f"- {run}: chose {label} by answer_recall@5 (%) on the training split's first "
+            "question;") in table
     # An untuned method row says so; an ablation row shows its fixed setting.
     (emdr,) = [e for e in _read_csv(runs / "tables.csv")
                if (e["table"], e["row"], e["column"]) == ("hotpotqa", "EMDR", "EM")]
@@ -446,6 +447,7 @@ def test_tuning_plan_choice_and_errors(tmp_path, capsys):
     for cell, value in zip(points[:3], [0.6, 0.8, 0.8], strict=True):
         (tmp_path / cell.name).mkdir(parents=True)
         (tmp_path / cell.name / "eval.json").write_text(json.dumps({"recall@5": value}))
+    assert tuning.held_out_text(1000) == "the training split's first 1000 questions"
     assert tuning.record_choice(tmp_path, "hotpotqa_g_rerank", points, "q") is None
     assert tuning.read_choice(tmp_path / "hotpotqa_g_rerank") is None
     (tmp_path / points[3].name).mkdir(parents=True)
