@@ -42,6 +42,7 @@ from experiments.paper import (
     reader_run_of,
     resolve_paths,
 )
+from gumbel_jax.training.run_folder import run_path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
         return fail(str(error))
     tune_cells = [c for c in cells if isinstance(c, tuning.TuneCell)]
     cells = [c for c in cells if isinstance(c, Cell)]
-    workdir = pathlib.Path(args.workdir)
+    workdir = run_path(args.workdir)  # a local folder or gs://
     if args.list:
         try:
             for cell in tune_cells:
@@ -280,9 +281,13 @@ def _record_choices(runs: list[str], planned: list, workdir: pathlib.Path,
 def _run_cell(prefix: str, folder: pathlib.Path, make_config, mesh) -> str:
     """Train one cell unless finished: "done", "skipped", "failed" or "preempted"."""
     from gumbel_jax.data.validation import DataError
+    from gumbel_jax.training import multihost
     from gumbel_jax.training.experiment import run_training
     from gumbel_jax.training.loop import NonFiniteLossError
 
+    # Every process (host) of a multi-host run decides on the same cell at the same time:
+    # after the previous cell's files are written, before reading this one's state.
+    multihost.barrier(f"cell {folder}")
     state = cell_state(folder)
     if state == "finished":
         print(f"{prefix}: finished, skipped", flush=True)
