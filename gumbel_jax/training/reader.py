@@ -244,10 +244,14 @@ def build_reader_experiment(config: ReaderExperimentConfig):
     from gumbel_jax.training.factory import build_trainable_reader
 
     validate_reader(config)
+    reader = None
+    if config.model.reader != "tiny":  # a bad start checkpoint fails before data is read
+        reader = build_trainable_reader(config.model, seed=config.train.seed)
     train_records, eval_records = load_records(config.data)
     tokenizer = _reader_tokenizer(config, train_records, eval_records)
-    reader = build_trainable_reader(config.model, vocab_size=len(tokenizer),
-                                    seed=config.train.seed)
+    if reader is None:  # a tiny reader's vocabulary is its records' words
+        reader = build_trainable_reader(config.model, vocab_size=len(tokenizer),
+                                        seed=config.train.seed)
     return reader, train_records, eval_records, reader_featurizer(config, tokenizer)
 
 
