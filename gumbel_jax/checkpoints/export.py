@@ -109,7 +109,8 @@ def t5_config_to_hf(config: T5Config) -> dict:
     fields = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
               "num_heads", "relative_attention_num_buckets",
               "relative_attention_max_distance", "layer_norm_epsilon", "feed_forward_proj",
-              "tie_word_embeddings", "pad_token_id", "eos_token_id", "decoder_start_token_id")
+              "tie_word_embeddings", "pad_token_id", "eos_token_id", "decoder_start_token_id",
+              "dropout_rate")
     return {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
             "is_encoder_decoder": True, **{f: getattr(config, f) for f in fields}}
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gumbel_jax import ops
+from gumbel_jax.models.layers import dropout
 
 DmaMethod = Literal["bias", "blockwise"]
 Implementation = Literal["xla", "cudnn"] | None
@@ -63,7 +64,8 @@ def _right_padded_attention(query, key, value, bias: RightPaddedBias, *, scale,
 
 
 def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
-                  implementation: Implementation = None):
+                  implementation: Implementation = None, dropout_key=None,
+                  dropout_rate: float = 0.0):
     """Multi-head attention with an additive bias and a float32 softmax.
 
     Args:
@@ -74,10 +76,17 @@ def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
       scale: logit scale (T5 uses 1, BERT ``dim ** -0.5``).
       implementation: None for our einsum path (float32 logits); ``"xla"`` or ``"cudnn"`` for
         ``jax.nn.dot_product_attention``.
+      dropout_key, dropout_rate: dropout on the attention probabilities
+        ``[batch, heads, queries, keys]`` (T5's training; ``layers.dropout``). A fused
+        kernel has no such dropout, so while it is active the einsum path runs whatever
+        ``implementation`` says.
 
     Returns:
       ``[batch, queries, heads, dim]`` in the dtype of ``query``.
     """
+    if dropout_key is not None and dropout_rate:
+        bias = bias.dense() if isinstance(bias, RightPaddedBias) else bias
+        implementation = None
     if isinstance(bias, RightPaddedBias):
         return _right_padded_attention(query, key, value, bias, scale=scale,
                                        implementation=implementation)
@@ -97,6 +106,7 @@ def dot_attention(query, key, value, bias=None, *, scale: float = 1.0,
     if bias is not None:
         logits = logits + bias.astype(accumulate)
     weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    weights = dropout(dropout_key, weights, rate=dropout_rate)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
 
 
@@ -127,7 +137,8 @@ def padding_bias(key_valid, dtype=jnp.float32):
 def document_masked_attention(query, key, value, doc_log_mask, key_valid, *,
                               method: DmaMethod = "bias", implementation: Implementation = None,
                               scale: float = 1.0, return_doc_weights: bool = False,
-                              weight_by_value_norm: bool = False):
+                              weight_by_value_norm: bool = False, dropout_key=None,
+                              dropout_rate: float = 0.0):
     """Attention over ``docs`` equal-length documents laid end to end, gated per document.
 
     Args:
@@ -143,6 +154,10 @@ def document_masked_attention(query, key, value, doc_log_mask, key_valid, *,
       weight_by_value_norm: the returned document weights sum each key's attention
         probability times the norm of its value vector (per head) instead: Atlas's
         ``evalnormsum`` statistic (ADist), not a distribution over documents.
+      dropout_key, dropout_rate: dropout on the attention probabilities (T5's training),
+        one mask over ``[batch, heads, queries, docs * doc_len]`` whichever the method, so
+        both methods stay equal under the same key. The document weights returned are
+        those before dropout.
 
     Returns:
       ``[batch, queries, heads, dim]``, and the document weights if asked.
@@ -155,21 +170,24 @@ def document_masked_attention(query, key, value, doc_log_mask, key_valid, *,
         raise ValueError(f"keys ({num_keys}) must be docs ({num_docs}) x doc_len")
     if method == "blockwise" or return_doc_weights:
         out, weights = _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale,
-                                            weight_by_value_norm)
+                                            weight_by_value_norm, dropout_key, dropout_rate)
         return (out, weights) if return_doc_weights else out
     if method != "bias":
         raise ValueError(f"method must be 'bias' or 'blockwise', got {method!r}")
     key_doc_ids = jnp.arange(num_keys, dtype=jnp.int32) // (num_keys // num_docs)
     accumulate = jnp.promote_types(query.dtype, jnp.float32)
     bias = ops.document_bias(doc_log_mask.astype(accumulate), key_doc_ids, key_valid)
-    return dot_attention(query, key, value, bias, scale=scale, implementation=implementation)
+    return dot_attention(query, key, value, bias, scale=scale, implementation=implementation,
+                         dropout_key=dropout_key, dropout_rate=dropout_rate)
 
 
 def _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale,
-                         weight_by_value_norm=False):
+                         weight_by_value_norm=False, dropout_key=None, dropout_rate=0.0):
     """Per-document softmax, then documents weighted by softmax(lse + log M). The second
     output is each document's attention mass, or with ``weight_by_value_norm`` the sum over
-    its keys of probability x value norm (float32, padding keys count 0)."""
+    its keys of probability x value norm (float32, padding keys count 0). Dropout drops a
+    key's probability (document weight x within-document probability) by dropping its
+    within-document factor, with the mask of the one-softmax path."""
     batch, num_keys, heads, dim = key.shape
     num_docs = doc_log_mask.shape[-1]
     doc_len = num_keys // num_docs
@@ -182,6 +200,10 @@ def _blockwise_attention(query, key, value, doc_log_mask, key_valid, scale,
     logits = jnp.where(valid, logits * scale, neg)
     doc_lse = jax.nn.logsumexp(logits, axis=-1)  # [b, h, q, n]
     within = jnp.exp(logits - doc_lse[..., None]).astype(value.dtype)
+    if dropout_key is not None and dropout_rate:
+        flat = within.shape[:3] + (num_keys,)
+        within = dropout(dropout_key, within.reshape(flat), rate=dropout_rate).reshape(
+            within.shape)
     doc_out = jnp.einsum("bhqnl,bnlhd->bhqnd", within, value)
     log_mask = jnp.clip(doc_log_mask.astype(accumulate), neg, 0.0)[:, None, None, :]
     # A fully padded document has lse = neg + log(doc_len): it weighs nothing next to any

@@ -46,12 +46,13 @@ class FiDReader(nnx.Module):
     def config(self) -> T5Config:
         return self.t5.config
 
-    def encode(self, input_ids, attention_mask) -> Memory:
+    def encode(self, input_ids, attention_mask, *, dropout_key=None) -> Memory:
         """Encode every passage on its own.
 
         Args:
           input_ids: ``[batch, docs, doc_len]`` token ids.
           attention_mask: ``[batch, docs, doc_len]`` boolean (a padded passage is all False).
+          dropout_key: T5's dropout (``config.dropout_rate``) in a training step; None: none.
 
         Returns:
           :class:`Memory` with ``states [batch, docs * doc_len, d_model]``.
@@ -61,14 +62,15 @@ class FiDReader(nnx.Module):
                              f"got {input_ids.shape} and {attention_mask.shape}")
         batch, docs, length = input_ids.shape
         flat_mask = attention_mask.reshape(batch * docs, length).astype(bool)
-        states = self.t5.encode(input_ids.reshape(batch * docs, length), flat_mask)
+        states = self.t5.encode(input_ids.reshape(batch * docs, length), flat_mask,
+                                dropout_key=dropout_key)
         states = states.reshape(batch, docs * length, -1)
         if self.frozen:
             states = jax.lax.stop_gradient(states)
         return Memory(states, flat_mask.reshape(batch, docs * length), num_docs=docs)
 
     def token_log_probs(self, memory: Memory, answer_ids, answer_mask, doc_log_mask=None, *,
-                        temperature: float = 1.0):
+                        temperature: float = 1.0, dropout_key=None):
         """Teacher-forced log p(answer token | question, passages), ``[batch, tgt_len]``.
 
         Args:
@@ -78,13 +80,15 @@ class FiDReader(nnx.Module):
           doc_log_mask: ``[batch, docs]`` log mask (e.g. ``ops.log_relaxed_topk``) or None.
           temperature: the vocabulary softmax reads ``logits / temperature`` (1: the
             reader's own distribution; EMDR's ``temperature_gold`` otherwise).
+          dropout_key: the decoder's dropout in a training step (reader training); None:
+            none (a frozen reader never drops).
 
         Returns:
           float32 ``[batch, tgt_len]``, 0 on padding.
         """
         inputs = shift_right(answer_ids, self.config.decoder_start_token_id)
         logits = self.t5.decode(inputs, memory.states, memory.valid, doc_log_mask,
-                                method=self.method)
+                                method=self.method, dropout_key=dropout_key)
         log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
         picked = jnp.take_along_axis(log_probs, answer_ids[..., None], axis=-1)[..., 0]
         return jnp.where(answer_mask, picked, 0.0)

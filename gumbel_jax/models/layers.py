@@ -84,6 +84,31 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
+def dropout(key, x, *, rate: float):
+    r"""Inverted dropout: each element of ``x`` is zeroed with probability ``rate`` and the
+    others are divided by ``1 - rate``, so the expectation is ``x``.
+
+    Args:
+      key: a PRNG key, or None for no dropout (the evaluation and frozen forward: ``x`` is
+        returned as is, no operation traced).
+      x: any shape; the mask has its shape.
+      rate: the drop probability, in ``[0, 1)``; 0 returns ``x`` as is.
+
+    Returns:
+      An array of ``x``'s shape and dtype.
+    """
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def fold_key(key, data: int):
+    """``fold_in(key, data)``, or None for None: the key of one dropout site (a layer, a
+    sublayer), derived by position rather than split order."""
+    return None if key is None else jax.random.fold_in(key, data)
+
+
 def remat_call(fn):
     """``fn(module, *arrays)`` recomputed in the backward pass (``jax.checkpoint``).
 

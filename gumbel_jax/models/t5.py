@@ -24,7 +24,9 @@ from gumbel_jax.models.layers import (
     RMSNorm,
     activation,
     dense,
+    dropout,
     embedding,
+    fold_key,
     remat_call,
     upcast,
 )
@@ -50,6 +52,11 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
+    # Dropout of a training step given a dropout key (transformers' T5 places: embedding
+    # output, attention probabilities, feed-forward hidden, each sublayer's output before
+    # the residual add, final norm output); without a key there is none. 0.1 is
+    # transformers' default and every public T5 / Flan-T5 / FiD config.json's value.
+    dropout_rate: float = 0.1
     dtype: Any = jnp.float32  # compute dtype; parameters, norms and softmax stay float32
     remat: bool = False  # rematerialise each layer in the backward pass
     # The kernel of every attention of the model (encoder self-attention, decoder
@@ -90,6 +97,10 @@ class T5Config:
         return cls(**{**values, **overrides})
 
 
+# Dropout sites of a block: each gets fold_in(layer key, site) (layers.fold_key).
+_SELF_PROBS, _SELF_OUT, _CROSS_PROBS, _CROSS_OUT, _MLP_HIDDEN, _MLP_OUT = range(6)
+
+
 def relative_position_buckets(query_len: int, key_len: int, *, bidirectional: bool,
                               num_buckets: int, max_distance: int) -> np.ndarray:
     """T5's bucketed relative positions ``[query_len, key_len]`` (a static numpy constant).
@@ -119,6 +130,7 @@ class T5Attention(nnx.Module):
         inner = config.num_heads * config.d_kv
         self.heads, self.head_dim = config.num_heads, config.d_kv
         self.implementation = config.attention_implementation
+        self.dropout_rate = config.dropout_rate
         into, out_of = ("embed", "heads"), ("heads", "embed")
         self.q = dense(config.d_model, inner, rngs, dtype=config.dtype,
                        std=(config.d_model * config.d_kv) ** -0.5, axes=into)
@@ -132,19 +144,24 @@ class T5Attention(nnx.Module):
     def _merge(self, x):
         return self.o(x.reshape(*x.shape[:-2], self.heads * self.head_dim))
 
-    def __call__(self, x, bias):
+    def __call__(self, x, bias, *, dropout_key=None):
+        """Self-attention; ``dropout_key`` drops attention probabilities (training)."""
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
         return self._merge(dot_attention(q, k, v, bias, scale=1.0,
-                                         implementation=self.implementation))
+                                         implementation=self.implementation,
+                                         dropout_key=dropout_key,
+                                         dropout_rate=self.dropout_rate))
 
     def cross(self, x, memory, doc_log_mask, memory_valid, *, method,
-              return_doc_weights=False, weight_by_value_norm=False):
+              return_doc_weights=False, weight_by_value_norm=False, dropout_key=None):
         """Cross-attention to the encoder output with the per-document log mask."""
         q, k, v = self._split(self.q(x)), self._split(self.k(memory)), self._split(self.v(memory))
         out = document_masked_attention(q, k, v, doc_log_mask, memory_valid, method=method,
                                         implementation=self.implementation, scale=1.0,
                                         return_doc_weights=return_doc_weights,
-                                        weight_by_value_norm=weight_by_value_norm)
+                                        weight_by_value_norm=weight_by_value_norm,
+                                        dropout_key=dropout_key,
+                                        dropout_rate=self.dropout_rate)
         if return_doc_weights:
             return self._merge(out[0]), out[1]
         return self._merge(out), None
@@ -198,6 +215,7 @@ class T5FeedForward(nnx.Module):
         into = ("embed", "mlp")
         self.gated = config.is_gated
         self.act = activation(config.activation_name)
+        self.dropout_rate = config.dropout_rate
         if self.gated:
             self.wi_0 = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype, axes=into)
             self.wi_1 = dense(config.d_model, config.d_ff, rngs, dtype=config.dtype, axes=into)
@@ -206,9 +224,9 @@ class T5FeedForward(nnx.Module):
         self.wo = dense(config.d_ff, config.d_model, rngs, dtype=config.dtype,
                         axes=("mlp", "embed"))
 
-    def __call__(self, x):
+    def __call__(self, x, *, dropout_key=None):
         hidden = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
-        return self.wo(hidden)
+        return self.wo(dropout(dropout_key, hidden, rate=self.dropout_rate))
 
 
 class T5Block(nnx.Module):
@@ -224,16 +242,23 @@ class T5Block(nnx.Module):
             self.cross_attention = T5Attention(config, rngs)
         self.mlp_norm = norm()
         self.mlp = T5FeedForward(config, rngs)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, self_bias, cross=None):
-        x = x + self.self_attention(self.self_attention_norm(x), self_bias)
+    def __call__(self, x, self_bias, cross=None, dropout_key=None):
+        """``dropout_key`` (None: no dropout) is this layer's: each site folds in its own
+        number."""
+        site = lambda number: fold_key(dropout_key, number)
+        drop = lambda number, update: dropout(site(number), update, rate=self.dropout_rate)
+        x = x + drop(_SELF_OUT, self.self_attention(self.self_attention_norm(x), self_bias,
+                                                    dropout_key=site(_SELF_PROBS)))
         doc_weights = None
         if self.is_decoder:
             memory, doc_log_mask, memory_valid, options = cross
             update, doc_weights = self.cross_attention.cross(
-                self.cross_attention_norm(x), memory, doc_log_mask, memory_valid, **options)
-            x = x + update
-        x = x + self.mlp(self.mlp_norm(x))
+                self.cross_attention_norm(x), memory, doc_log_mask, memory_valid, **options,
+                dropout_key=site(_CROSS_PROBS))
+            x = x + drop(_CROSS_OUT, update)
+        x = x + drop(_MLP_OUT, self.mlp(self.mlp_norm(x), dropout_key=site(_MLP_HIDDEN)))
         return x, doc_weights
 
     def step(self, x, self_bias, position, self_kv, cross_kv, doc_log_mask, memory_valid, *,
@@ -286,20 +311,26 @@ class T5Stack(nnx.Module):
         bias = self.relative_attention_bias.embedding[...][row]  # [key_len, heads]
         return upcast(jnp.transpose(bias)[None, :, None, :])
 
-    def __call__(self, embeddings, self_bias, cross=None, *, collect_doc_weights=False):
+    def __call__(self, embeddings, self_bias, cross=None, *, collect_doc_weights=False,
+                 dropout_key=None):
+        """``dropout_key``: dropout of a training step (``T5Config.dropout_rate``); layer
+        ``i`` gets ``fold_in(key, i)``, the embedding output and the final norm output the
+        next two numbers. None: no dropout, and no operation for it."""
         # Array arguments go through remat; the attention options stay static in the closure.
         memory, doc_log_mask, memory_valid, options = cross if cross else (None,) * 4
 
-        def run_block(block, x, self_bias, memory, doc_log_mask, memory_valid):
+        def run_block(block, x, self_bias, memory, doc_log_mask, memory_valid, layer_key):
             cross = (memory, doc_log_mask, memory_valid, options) if options else None
-            return block(x, self_bias, cross)
+            return block(x, self_bias, cross, layer_key)
 
         run = remat_call(run_block) if self.config.remat else run_block
-        x, all_weights = embeddings, []
-        for block in self.layers:
-            x, weights = run(block, x, self_bias, memory, doc_log_mask, memory_valid)
+        depth, rate = len(self.layers), self.config.dropout_rate
+        x, all_weights = dropout(fold_key(dropout_key, depth), embeddings, rate=rate), []
+        for index, block in enumerate(self.layers):
+            x, weights = run(block, x, self_bias, memory, doc_log_mask, memory_valid,
+                             fold_key(dropout_key, index))
             all_weights.append(weights)
-        out = self.final_norm(x)
+        out = dropout(fold_key(dropout_key, depth + 1), self.final_norm(x), rate=rate)
         if collect_doc_weights:
             return out, jnp.stack(all_weights)
         return out
@@ -365,25 +396,30 @@ class T5EncoderDecoder(nnx.Module):
             self.lm_head = dense(config.d_model, config.vocab_size, rngs, dtype=config.dtype,
                                  axes=("embed", "vocab"))
 
-    def encode(self, input_ids, attention_mask, *, right_padded: bool = False):
+    def encode(self, input_ids, attention_mask, *, right_padded: bool = False,
+               dropout_key=None):
         """``[batch, len]`` ids and boolean mask -> ``[batch, len, d_model]``.
 
         ``right_padded``: the caller guarantees every mask row is a prefix (the data
         pipeline's padding); the kernel then gets the row lengths and the position bias
         shared by the batch (``attention.RightPaddedBias``) instead of a ``[batch, heads,
         len, len]`` bias, the same outputs at real tokens.
+
+        ``dropout_key``: T5's dropout with ``config.dropout_rate`` (a training step); None
+        (evaluation, frozen models): none.
         """
         length = input_ids.shape[-1]
         position = self.encoder.position_bias(length, length)
         if right_padded:
             lengths = jnp.sum(attention_mask, axis=-1, dtype=jnp.int32)
-            return self.encoder(self.shared(input_ids), RightPaddedBias(position, lengths))
-        bias = position + padding_bias(attention_mask, position.dtype)
-        return self.encoder(self.shared(input_ids), bias)
+            bias = RightPaddedBias(position, lengths)
+        else:
+            bias = position + padding_bias(attention_mask, position.dtype)
+        return self.encoder(self.shared(input_ids), bias, dropout_key=dropout_key)
 
     def decode_hidden(self, decoder_input_ids, memory, memory_valid, doc_log_mask=None, *,
                       method: DmaMethod = "bias", return_doc_weights: bool = False,
-                      weight_by_value_norm: bool = False):
+                      weight_by_value_norm: bool = False, dropout_key=None):
         """Decoder output states ``[batch, tgt_len, d_model]`` (and document weights if asked).
 
         Args:
@@ -397,6 +433,8 @@ class T5EncoderDecoder(nnx.Module):
             ``[layers, batch, heads, tgt_len, docs]``.
           weight_by_value_norm: those weights multiply each key's probability by the norm
             of its value vector (``attention.document_masked_attention``).
+          dropout_key: T5's dropout with ``config.dropout_rate`` (a training step); None:
+            none.
         """
         length = decoder_input_ids.shape[-1]
         causal = jnp.tril(jnp.ones((length, length), bool))
@@ -407,7 +445,7 @@ class T5EncoderDecoder(nnx.Module):
             options["weight_by_value_norm"] = True
         cross = (memory, doc_log_mask, memory_valid, options)
         return self.decoder(self.shared(decoder_input_ids), self_bias, cross,
-                            collect_doc_weights=return_doc_weights)
+                            collect_doc_weights=return_doc_weights, dropout_key=dropout_key)
 
     def decode(self, decoder_input_ids, memory, memory_valid, doc_log_mask=None, **options):
         """Decoder logits ``[batch, tgt_len, vocab]`` in float32; arguments as
