@@ -192,6 +192,12 @@ class ReaderExperimentConfig:
     reads a random subset with every gold passage (``training.reader.gold_subsets``; the
     demo's reader), leaving out a question's indirect passages with probability
     ``drop_indirect``.
+
+    As FiD trains: T5's dropout at ``dropout_rate`` (negative: the start checkpoint's
+    config.json ``dropout_rate``, as transformers reads it, 0.1 for T5 / Flan-T5 / FiD's
+    readers and tiny or random starts), and the target answer drawn at each step among a
+    question's first ``target_answers`` answers (FiD: ``random.choice`` among all; 1: the
+    first answer only).
     """
 
     name: str = "reader"
@@ -201,6 +207,8 @@ class ReaderExperimentConfig:
         default_factory=lambda: TrainConfig(best_metric="em", eval_every=100))
     num_slots: int = 0
     drop_indirect: float = 0.0
+    dropout_rate: float = -1.0  # negative: the start checkpoint's (config.json)
+    target_answers: int = 16  # a question's answers past these are never the target
     # The Hugging Face folder the trained reader is exported to ("": <workdir>/export). A
     # name without "/" in the paper grid is a folder in --models_dir (paper.resolve_paths).
     export_dir: str = ""
@@ -361,6 +369,9 @@ def validate_reader(config: ReaderExperimentConfig) -> None:
                                                    not config.num_slots):
         raise ValueError(f"drop_indirect={config.drop_indirect} must be in [0, 1] and needs "
                          "num_slots > 0 (it drops passages from the subsets read)")
+    if not config.dropout_rate < 1.0 or config.target_answers < 1:
+        raise ValueError(f"dropout_rate={config.dropout_rate} must be < 1 (negative: the "
+                         f"start checkpoint's) and target_answers={config.target_answers} >= 1")
     if config.data.batch_size < 1 or config.data.answer_length < 2:
         raise ValueError("data.batch_size must be >= 1 and data.answer_length >= 2 (an answer "
                          "token and EOS)")

@@ -186,17 +186,21 @@ def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: in
 
 
 def build_trainable_reader(config: ModelConfig, *, vocab_size: int | None = None,
-                           seed: int = 0) -> FiDReader:
+                           seed: int = 0, dropout_rate: float | None = None) -> FiDReader:
     """The reader that reader training starts from (``training.reader``): "tiny" (random,
     sized by ``d_model / num_layers / num_heads``), random weights of
     ``reader_architecture`` (``reader_init="random"``), or a checkpoint by folder or hub name
     (google-t5/t5-large, google/t5-v1_1-large, google/flan-t5-large, FiD's released readers,
     a reader exported here). Unlike the frozen reader of :func:`build_models` it keeps
     float32 parameters (``model.dtype`` is its compute dtype), its encoder gets gradients and
-    ``model.remat`` rematerialises its layers. An unknown checkpoint is a
-    ``CheckpointError`` (a ``ValueError``) naming it."""
+    ``model.remat`` rematerialises its layers. ``dropout_rate`` replaces the start's
+    ``T5Config.dropout_rate`` (None keeps it: config.json's, as transformers reads it; 0.1
+    for tiny and random starts). An unknown checkpoint is a ``CheckpointError`` (a
+    ``ValueError``) naming it."""
     check_choices(config, "model.")
     options = {**compute_options(config), "remat": config.remat}
+    if dropout_rate is not None:
+        options["dropout_rate"] = dropout_rate
     if config.reader == "tiny" or config.reader_init == "random":
         architecture = (tiny_architectures(config, vocab_size)[0] if config.reader == "tiny"
                         else preset_architecture(config, "reader"))

@@ -26,9 +26,11 @@ from gumbel_jax.data.pipeline import (
     FeatureSpec,
     Featurizer,
     as_record,
+    encode_texts,
     make_dataset,
     stack_examples,
 )
+from gumbel_jax.models.layers import fold_key
 from gumbel_jax.training.config import ReaderExperimentConfig, validate_reader
 from gumbel_jax.training.hooks import HeldOutEval, load_best
 from gumbel_jax.training.loop import RankerState, run_steps, train_model
@@ -80,30 +82,71 @@ def gold_subsets(key, batch: Batch, *, num_slots: int, drop_indirect: float = 0.
                          doc_valid=valid, gold=pick(gold) & valid)
 
 
-def reader_loss(reader, batch: Batch, doc_log_mask):
-    """Mean over questions of the answer's per-token negative log-likelihood."""
+# What a reader step draws, each from fold_in(step key, stream); gold_subsets reads the step
+# key itself (the demo's reader, unchanged).
+_DROPOUT, _TARGET = 1, 2
+# The training batch's extra fields: up to ReaderExperimentConfig.target_answers answers per
+# question, tokenised ([batch, choices, answer_len]), among which each step draws the target.
+ANSWER_CHOICES = ("answer_choice_ids", "answer_choice_mask")
+
+
+def sample_answers(key, batch: Batch, choice_ids, choice_mask) -> Batch:
+    """FiD's training target: each question's answer drawn uniformly among its answers at
+    every step (FiD's ``Dataset.get_target``: ``random.choice(answers)``).
+
+    Args:
+      key: the step's target key; question ``b`` draws with ``fold_in(key,
+        example_id[b])``, so the draw depends on the step and the question only (exact
+        resume; the same on any number of devices).
+      batch: a ``Batch``.
+      choice_ids: int32 ``[batch, choices, answer_len]`` the answers, EOS included.
+      choice_mask: bool, same shape; the answers are the first rows, padding rows all False.
+
+    Returns:
+      ``batch`` with ``answer_ids`` / ``answer_mask`` those of the drawn answers.
+    """
+    count = jnp.maximum(choice_mask.any(-1).sum(-1), 1)  # [batch]
+    draw = lambda example, n: jax.random.randint(jax.random.fold_in(key, example), (), 0, n)
+    pick = jax.vmap(draw)(batch.example_id, count)[:, None, None]
+    take = lambda x: jnp.take_along_axis(x, pick, axis=1)[:, 0]
+    return batch.replace(answer_ids=take(choice_ids), answer_mask=take(choice_mask))
+
+
+def reader_loss(reader, batch: Batch, doc_log_mask, *, dropout_key=None):
+    """Mean over questions of the answer's per-token negative log-likelihood;
+    ``dropout_key`` (a training step) turns on T5's dropout in the encoder and decoder."""
     batch = Batch.of(batch)
-    token_log_probs = reader.token_log_probs(
-        reader.encode(batch.reader_ids, batch.reader_mask),
-        batch.answer_ids, batch.answer_mask, doc_log_mask)
+    memory = reader.encode(batch.reader_ids, batch.reader_mask,
+                           dropout_key=fold_key(dropout_key, 0))
+    token_log_probs = reader.token_log_probs(memory, batch.answer_ids, batch.answer_mask,
+                                             doc_log_mask, dropout_key=fold_key(dropout_key, 1))
     tokens = jnp.maximum(batch.answer_mask.sum(-1), 1)
     return -(token_log_probs.sum(-1) / tokens).mean()
 
 
-def make_reader_step(reader_graph, tx, *, num_slots: int = 0, drop_indirect: float = 0.0):
+def make_reader_step(reader_graph, tx, *, num_slots: int = 0, drop_indirect: float = 0.0,
+                     dropout: bool = False):
     """``step(state, batch, key) -> (state, {"loss", "grad_norm"})`` for ``loop.run_steps``:
     one AdamW update of every reader parameter (``state``: a ``RankerState`` of the reader's
     parameters and ``tx``'s state, donated). The reader reads every valid candidate of each
     question (``num_slots`` 0, FiD), or the :func:`gold_subsets` of ``num_slots`` passages
-    drawn with the step's key."""
+    drawn with the step's key. With ``dropout`` the reader drops as T5 trains
+    (``T5Config.dropout_rate``), its masks from ``fold_in(key, _DROPOUT)``. A batch with the
+    :data:`ANSWER_CHOICES` fields trains on an answer drawn among them
+    (:func:`sample_answers` with ``fold_in(key, _TARGET)``); otherwise on ``answer_ids``."""
 
     def loss_fn(params, batch, key):
         reader = nnx.merge(reader_graph, params)
+        batch = batch.to_dict() if isinstance(batch, Batch) else dict(batch)
+        choices = [batch.pop(name) for name in ANSWER_CHOICES if name in batch]
         batch = Batch.of(batch)
+        if choices:
+            batch = sample_answers(jax.random.fold_in(key, _TARGET), batch, *choices)
         if num_slots:
             batch = gold_subsets(key, batch, num_slots=num_slots, drop_indirect=drop_indirect)
         return reader_loss(reader, batch, ops.mask_to_log_mask(
-            batch.doc_valid.astype(jnp.float32)))
+            batch.doc_valid.astype(jnp.float32)),
+            dropout_key=jax.random.fold_in(key, _DROPOUT) if dropout else None)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(state: RankerState, batch, key):
@@ -219,6 +262,22 @@ def reader_featurizer(config: ReaderExperimentConfig, tokenizer) -> Featurizer:
                                                         1, data.answer_length))
 
 
+@dataclasses.dataclass(frozen=True)
+class WithAnswerChoices:
+    """A training featurizer: ``featurize``'s example plus the :data:`ANSWER_CHOICES`, a
+    question's first ``count`` answers tokenised as its answer is (``[count,
+    answer_len]``), among which each step draws the target (:func:`sample_answers`)."""
+
+    featurize: Featurizer
+    count: int
+
+    def __call__(self, item) -> dict[str, np.ndarray]:
+        record = as_record(item)
+        ids, mask = encode_texts(self.featurize.reader_tokenizer, list(record.answers[:self.count]),
+                                 self.featurize.spec.answer_length, self.count)[:2]
+        return {**self.featurize(record), ANSWER_CHOICES[0]: ids, ANSWER_CHOICES[1]: mask}
+
+
 def _reader_tokenizer(config: ReaderExperimentConfig, train_records, eval_records):
     model = config.model
     if model.reader == "tiny":
@@ -245,13 +304,15 @@ def build_reader_experiment(config: ReaderExperimentConfig):
 
     validate_reader(config)
     reader = None
+    build = functools.partial(build_trainable_reader, config.model, seed=config.train.seed,
+                              dropout_rate=None if config.dropout_rate < 0
+                              else config.dropout_rate)
     if config.model.reader != "tiny":  # a bad start checkpoint fails before data is read
-        reader = build_trainable_reader(config.model, seed=config.train.seed)
+        reader = build()
     train_records, eval_records = load_records(config.data)
     tokenizer = _reader_tokenizer(config, train_records, eval_records)
     if reader is None:  # a tiny reader's vocabulary is its records' words
-        reader = build_trainable_reader(config.model, vocab_size=len(tokenizer),
-                                        seed=config.train.seed)
+        reader = build(vocab_size=len(tokenizer))
     return reader, train_records, eval_records, reader_featurizer(config, tokenizer)
 
 
@@ -259,9 +320,11 @@ def build_reader_experiment(config: ReaderExperimentConfig):
 def _optimizer_and_reader_step(graph, optimizer, num_steps: int, num_slots: int,
                                drop_indirect: float):
     """One optimizer and jitted step per architecture and setting (a resumed or repeated run
-    in one process compiles the step once)."""
+    in one process compiles the step once). The reader drops as T5 trains (its config's
+    ``dropout_rate``, part of ``graph``)."""
     tx = make_optimizer(optimizer, num_steps)
-    return tx, make_reader_step(graph, tx, num_slots=num_slots, drop_indirect=drop_indirect)
+    return tx, make_reader_step(graph, tx, num_slots=num_slots, drop_indirect=drop_indirect,
+                                dropout=True)
 
 
 def reader_eval_hook(config: ReaderExperimentConfig, eval_records, featurize) -> HeldOutEval:
@@ -301,8 +364,10 @@ def read_reader_experiment(workdir) -> ReaderExperimentConfig:
     return from_dict(ReaderExperimentConfig, raw)
 
 
-def reader_card(config: ReaderExperimentConfig, step: int, evaluation: dict) -> dict:
-    """The exported folder's model card: start checkpoint, recipe, data, held-out EM / F1."""
+def reader_card(config: ReaderExperimentConfig, step: int, evaluation: dict, *,
+                dropout_rate: float) -> dict:
+    """The exported folder's model card: start checkpoint, recipe (``dropout_rate``: the
+    rate the reader trained with), data, held-out EM / F1."""
     model, data, train = config.model, config.data, config.train
     base = ("none: a tiny randomly initialised T5 (tests)" if model.reader == "tiny" else
             f"random initialisation of {model.reader_architecture}"
@@ -314,7 +379,11 @@ def reader_card(config: ReaderExperimentConfig, step: int, evaluation: dict) -> 
                             dataclasses.asdict(train.optimizer).items()},
                          "passages read": (f"subsets of {config.num_slots} with every gold "
                                            "passage") if config.num_slots else
-                         "every candidate (FiD)", "compute dtype": model.dtype,
+                         "every candidate (FiD)", "dropout": dropout_rate,
+                         "target": f"drawn each step among the first {config.target_answers} "
+                                   "answers" if config.target_answers > 1 else
+                                   "the first answer",
+                         "compute dtype": model.dtype,
                          "remat": model.remat},
             "data": {"source": data.source, "train split": data.train_split,
                      "eval split": data.eval_split,
@@ -346,7 +415,8 @@ def run_reader_training(config: ReaderExperimentConfig, workdir, *, mesh=None,
     workdir.mkdir(parents=True, exist_ok=True)
     write_reader_experiment(workdir, config)
     train = config.train
-    dataset = make_dataset(train_source, featurize, seed=train.seed,
+    dataset = make_dataset(train_source, WithAnswerChoices(featurize, config.target_answers),
+                           seed=train.seed,
                            batch_size=config.data.batch_size // processes)
     graph, _ = nnx.split(reader)
     tx, step_fn = _optimizer_and_reader_step(graph, train.optimizer, train.num_steps,
@@ -373,7 +443,9 @@ def run_reader_training(config: ReaderExperimentConfig, workdir, *, mesh=None,
         workdir / "export")
     reader.frozen = True  # as it will be read
     export_reader(reader, export_dir, tokenizer=featurize.reader_tokenizer,
-                  card=reader_card(config, step, summary), max_length=config.data.reader_length,
+                  card=reader_card(config, step, summary,
+                                   dropout_rate=reader.config.dropout_rate),
+                  max_length=config.data.reader_length,
                   answer_length=config.data.answer_length, overwrite=True)
     summary["export"] = str(export_dir)
     write_evaluation(workdir, {"metrics": summary, "predictions": results["predictions"]})

@@ -58,10 +58,11 @@ def test_gold_subsets_drop_the_indirect_passage_at_the_given_rate():
 
 def test_reader_loss_is_the_mean_per_token_nll():
     class Reader:  # a reader whose log-probabilities are known
-        def encode(self, ids, mask):
+        def encode(self, ids, mask, dropout_key=None):
             return ids
 
-        def token_log_probs(self, memory, answer_ids, answer_mask, doc_log_mask):
+        def token_log_probs(self, memory, answer_ids, answer_mask, doc_log_mask,
+                            dropout_key=None):
             return jnp.where(answer_mask, -jnp.arange(1.0, 4.0)[None, :], 0.0)
 
     batch = Batch(**{**dict.fromkeys(Batch.fields()),

@@ -139,6 +139,49 @@ def test_bad_reader_configs_are_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # nothing written by a bad config
 
 
+def test_the_target_is_drawn_among_the_answers_at_each_step_reproducibly():
+    """FiD's target: a question with two answers trains on both over steps (20 steps of a
+    fair draw miss one with probability 2 ** -19; fixed keys here), the draw is the same
+    for the same step and question, and a one-answer question always trains on it."""
+    from gumbel_jax.data.batch import Batch
+    from gumbel_jax.data.pipeline import stack_examples
+    from gumbel_jax.data.records import Passage, Record
+    from gumbel_jax.data.tokenizer import word_level_tokenizer
+    from gumbel_jax.training.reader import (
+        ANSWER_CHOICES,
+        WithAnswerChoices,
+        reader_featurizer,
+        sample_answers,
+    )
+
+    passages = (Passage("t", "alpha beta gamma", is_gold=True),)
+    records = [Record("two", "which one", ("alpha", "beta gamma"), passages),
+               Record("one", "which one", ("gamma",), passages)]
+    tokenizer = word_level_tokenizer(records)
+    config = _synthetic(target_answers=4)
+    featurize = WithAnswerChoices(reader_featurizer(config, tokenizer), config.target_answers)
+    batch = stack_examples([featurize(record) for record in records])
+    choices = [jnp.asarray(batch.pop(name)) for name in ANSWER_CHOICES]
+    assert choices[0].shape == (2, 4, config.data.answer_length)
+    batch = Batch.of({name: jnp.asarray(value) for name, value in batch.items()})
+    draw = jax.jit(lambda key: sample_answers(key, batch, *choices).answer_ids)
+    text = lambda ids: tokenizer.decode(np.asarray(ids), skip_special_tokens=True)
+    keys = [jax.random.fold_in(jax.random.key(0), step) for step in range(20)]
+    targets = [[text(row) for row in draw(key)] for key in keys]
+    assert {first for first, _ in targets} == {"alpha", "beta gamma"}
+    assert {second for _, second in targets} == {"gamma"}
+    assert [[text(row) for row in draw(key)] for key in keys] == targets
+
+
+def test_dropout_rate_is_the_start_checkpoints_unless_set(tmp_path):
+    from gumbel_jax.training.reader import build_reader_experiment
+
+    assert build_reader_experiment(_synthetic())[0].config.dropout_rate == 0.1  # T5's
+    assert build_reader_experiment(_synthetic(dropout_rate=0.0))[0].config.dropout_rate == 0.0
+    with pytest.raises(ValueError, match="dropout_rate=1.0 must be < 1"):
+        validate_reader(_synthetic(dropout_rate=1.0))
+
+
 @pytest.mark.slow
 def test_reader_resume_is_exact(tmp_path):
     """4 steps straight == 2 steps, restart from the run directory, 2 more: every exported
@@ -156,6 +199,9 @@ def test_reader_resume_is_exact(tmp_path):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
     assert [step for step, _ in _losses(tmp_path / "resumed")] == [1, 2, 3, 4]
+    # It trained with T5's dropout (and drawn targets), and the export says so.
+    exported = json.loads((tmp_path / "resumed" / "export" / "config.json").read_text())
+    assert exported["dropout_rate"] == 0.1
     other = run_reader_training(dataclasses.replace(
         config, train=dataclasses.replace(config.train, seed=1)), tmp_path / "other")
     assert other["loss"] != straight["loss"]  # another seed, another start and order
