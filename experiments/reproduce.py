@@ -258,13 +258,18 @@ def run_cells(cells: list[Cell], rows_by_run: dict[str, PaperRow], workdir: path
 def _record_choices(runs: list[str], planned: list, workdir: pathlib.Path,
                     args) -> dict[str, str]:
     """Write the ``tuning.json`` of each of ``runs`` whose planned points have all
-    finished; the runs still waiting, with how far their tuning is."""
+    finished; the runs still waiting, with how far their tuning is. On several hosts,
+    process 0 writes and the others wait at a barrier, so no two write one file and none
+    reads it before it is whole."""
+    from gumbel_jax.training import multihost
+
     waiting = {}
     for run in runs:
         points = [c for c in planned if c.run == run]
         try:
             record = tuning.record_choice(workdir, run, points,
-                                          tuning.held_out_text(args.tune_questions))
+                                          tuning.held_out_text(args.tune_questions),
+                                          write=multihost.is_writer())
         except ValueError as error:
             print(f"{run}: tuning failed: {error}", file=sys.stderr, flush=True)
             waiting[run] = "its tuning failed"
@@ -275,6 +280,7 @@ def _record_choices(runs: list[str], planned: list, workdir: pathlib.Path,
             continue
         print(f"{run}: chose {tuning.point_label(record['chosen'])} by {record['metric']} "
               f"on {record['questions']} ({tuning.TUNING_FILE})", flush=True)
+    multihost.barrier("tuning choices written")
     return waiting
 
 

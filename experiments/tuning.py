@@ -15,6 +15,7 @@ import math
 import pathlib
 
 from experiments.paper import PaperRow, tuned_runs
+from gumbel_jax.training import run_folder
 from gumbel_jax.training.config import ExperimentConfig, ObjectiveConfig
 
 TUNING_FILE = "tuning.json"
@@ -119,9 +120,11 @@ def choose(values: list[float]) -> int:
 
 
 def record_choice(workdir: pathlib.Path, run: str, cells: list[TuneCell],
-                  questions: str) -> dict | None:
-    """Choose among ``run``'s finished tuning ``cells`` and write ``tuning.json``; None (and
-    nothing written) while a point has no ``eval.json`` yet."""
+                  questions: str, *, write: bool = True) -> dict | None:
+    """Choose among ``run``'s finished tuning ``cells`` and write ``tuning.json`` (whole, or
+    not at all) when ``write``; None (and nothing written) while a point has no
+    ``eval.json`` yet. Every process of a multi-host run chooses the same point from the
+    same files; only one should write (``write``)."""
     cells = [c for c in cells if c.run == run]
     evaluations = []
     for cell in cells:
@@ -140,7 +143,8 @@ def record_choice(workdir: pathlib.Path, run: str, cells: list[TuneCell],
               "grid": [{"cell": c.name, "values": c.values, metric: v}
                        for c, v in zip(cells, values, strict=True)],
               "chosen": cells[best].values}
-    (workdir / run / TUNING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if write:
+        run_folder.write_text(workdir / run / TUNING_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 

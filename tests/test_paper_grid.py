@@ -452,8 +452,12 @@ def test_tuning_plan_choice_and_errors(tmp_path, capsys):
     assert tuning.read_choice(tmp_path / "hotpotqa_g_rerank") is None
     (tmp_path / points[3].name).mkdir(parents=True)
     (tmp_path / points[3].name / "eval.json").write_text(json.dumps({"recall@5": 0.7}))
+    # A process that does not write (hosts other than 0) makes the same choice, writes nothing.
+    quiet = tuning.record_choice(tmp_path, "hotpotqa_g_rerank", points, "q", write=False)
+    assert quiet["chosen"] == {"tau": 0.25}
+    assert tuning.read_choice(tmp_path / "hotpotqa_g_rerank") is None
     record = tuning.record_choice(tmp_path, "hotpotqa_g_rerank", points, "q")
-    assert record["chosen"] == {"tau": 0.25}
+    assert record == quiet
     assert tuning.read_choice(tmp_path / "hotpotqa_g_rerank") == record
     # A tuning cell holds its questions out of the training split; tfds data only.
     (row,) = [r for r in rows if (r.table, r.row) == ("hotpotqa", "G-Rerank")]
