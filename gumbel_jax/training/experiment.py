@@ -87,15 +87,16 @@ def _featurizer(config: ExperimentConfig, reader_tokenizer, ranker_tokenizer) ->
     return Featurizer(reader_tokenizer, ranker_tokenizer, spec, **options)
 
 
-def build(config: ExperimentConfig):
-    """(reader, ranker, train_source, eval_records, featurize) for a config."""
+def build(config: ExperimentConfig, *, mesh=None):
+    """(reader, ranker, train_source, eval_records, featurize) for a config; ``mesh`` places
+    a pretrained CEPE reader's weights as they are read."""
     validate(config.train, num_candidates=config.data.num_candidates)
     validate_model(config.model)
     train_records, eval_records = load_records(config.data)
     reader_tokenizer, ranker_tokenizer = _tokenizers(config, train_records, eval_records)
     featurize = _featurizer(config, reader_tokenizer, ranker_tokenizer)
     reader, ranker = build_models(config.model, vocab_size=len(reader_tokenizer),
-                                  seed=config.train.seed)
+                                  seed=config.train.seed, mesh=mesh)
     if getattr(getattr(ranker, "config", None), "type_vocab_size", 1) > 1:
         # Training feeds (ids, mask) only; a BERT cross-encoder would silently read its
         # passage as segment 0.
@@ -114,6 +115,17 @@ def _evaluate_held_out(config: ExperimentConfig, ranker, reader, eval_records, f
                     batch_size=config.data.batch_size, tokenizer=featurize.reader_tokenizer,
                     max_answer_length=config.data.answer_length,
                     num_beams=config.model.num_beams)
+
+
+def check_best_metric(best_metric: str, eval_records) -> None:
+    """Refuse, before training, a ``best_metric`` on gold passages when no held-out record
+    marks any (FiD's NQ / TriviaQA): the evaluation leaves those metrics out, and the run
+    would otherwise fail at its first held-out evaluation."""
+    gold_metric = best_metric.startswith(("recall@", "ndcg@", "mrr", "indirect_"))
+    if gold_metric and not any(record.has_gold_labels for record in eval_records):
+        raise ValueError(f"train.best_metric={best_metric!r} needs gold passages, and no "
+                         "held-out record marks any (FiD's NQ / TriviaQA data): use "
+                         "answer_recall@<k>, em or f1")
 
 
 def _hooks(config: ExperimentConfig, eval_records, featurize) -> list:
@@ -148,7 +160,9 @@ def run_training(config: ExperimentConfig | ReaderExperimentConfig, workdir, *,
                          f"divisible by the {processes} processes")
     # Built (and so validated) before anything is written: a bad setting leaves no run
     # folder behind.
-    reader, ranker, train_source, eval_records, featurize = build(config)
+    reader, ranker, train_source, eval_records, featurize = build(config, mesh=mesh)
+    if config.train.eval_every:  # before anything is written
+        check_best_metric(config.train.best_metric, eval_records)
     workdir.mkdir(parents=True, exist_ok=True)
     if multihost.is_writer():
         write_text(workdir / "experiment.json",

@@ -507,3 +507,22 @@ def test_eval_and_log_settings_are_validated():
                  num_candidates=6)
     with pytest.raises(ValueError, match="em / f1 need eval_answers=True"):
         validate(apply_overrides(base, ["eval_every=5", "best_metric=em"]), num_candidates=6)
+
+
+def test_a_gold_best_metric_on_data_without_gold_passages_is_refused_before_training():
+    """FiD's NQ marks no gold passages: recall@5 would be missing at the first held-out
+    evaluation, so the run refuses it up front; answer recall and EM are fine there."""
+    import pathlib
+
+    from gumbel_jax.data import read_records
+    from gumbel_jax.training.experiment import check_best_metric
+
+    fixtures = pathlib.Path(__file__).parents[1] / "data" / "fixtures"
+    nq = list(read_records(fixtures / "nq_fid_dev.json", "nq"))
+    hotpot = list(read_records(fixtures / "hotpot_dev_distractor.json", "hotpotqa"))
+    for metric in ("recall@5", "ndcg@2", "mrr", "indirect_recall@5"):
+        with pytest.raises(ValueError, match=f"best_metric='{metric}' needs gold passages"):
+            check_best_metric(metric, nq)
+        check_best_metric(metric, hotpot)
+    for metric in ("", "answer_recall@5", "em", "f1"):
+        check_best_metric(metric, nq)
