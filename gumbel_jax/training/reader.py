@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +32,11 @@ from gumbel_jax.data.pipeline import (
     stack_examples,
 )
 from gumbel_jax.models.layers import fold_key
+from gumbel_jax.training import multihost
 from gumbel_jax.training.config import ReaderExperimentConfig, validate_reader
 from gumbel_jax.training.hooks import HeldOutEval, load_best
 from gumbel_jax.training.loop import RankerState, run_steps, train_model
+from gumbel_jax.training.run_folder import is_remote, run_path, upload_folder, write_text
 from gumbel_jax.training.step import _tree_norm, make_optimizer
 
 
@@ -345,16 +348,18 @@ def reader_eval_hook(config: ReaderExperimentConfig, eval_records, featurize) ->
 STAGE = "reader"  # experiment.json's "stage" of a reader-training run
 
 
-def write_reader_experiment(workdir: pathlib.Path, config: ReaderExperimentConfig) -> None:
-    (workdir / "experiment.json").write_text(json.dumps(
+def write_reader_experiment(workdir, config: ReaderExperimentConfig) -> None:
+    """``workdir``'s experiment.json (local or ``gs://``), written whole."""
+    write_text(run_path(workdir) / "experiment.json", json.dumps(
         {"stage": STAGE, **dataclasses.asdict(config)}, indent=2, default=str) + "\n")
 
 
 def read_reader_experiment(workdir) -> ReaderExperimentConfig:
-    """The config of the reader-training run in ``workdir`` (its experiment.json)."""
+    """The config of the reader-training run in ``workdir`` (local or ``gs://``; its
+    experiment.json)."""
     from gumbel_jax.training.config import from_dict
 
-    saved = pathlib.Path(workdir) / "experiment.json"
+    saved = run_path(workdir) / "experiment.json"
     if not saved.is_file():
         raise FileNotFoundError(f"{workdir}: no experiment.json (not a training run folder)")
     raw = json.loads(saved.read_text())
@@ -392,20 +397,35 @@ def reader_card(config: ReaderExperimentConfig, step: int, evaluation: dict, *,
             "evaluation": evaluation}
 
 
+def export_trained_reader(reader, destination, **options) -> None:
+    """``checkpoints.export.export_reader`` to ``destination``, local (an earlier export
+    replaced once the new one is complete) or in cloud storage (exported to a local
+    temporary folder, then uploaded: ``run_folder.upload_folder``)."""
+    from gumbel_jax.checkpoints.export import export_reader
+
+    destination = run_path(destination)
+    if not is_remote(destination):
+        export_reader(reader, pathlib.Path(destination), overwrite=True, **options)
+        return
+    with tempfile.TemporaryDirectory() as local:
+        upload_folder(export_reader(reader, pathlib.Path(local) / "export", **options),
+                      destination)
+
+
 def run_reader_training(config: ReaderExperimentConfig, workdir, *, mesh=None,
                         stop_at: int | None = None) -> dict:
     """Train a reader (resuming from ``workdir``), evaluate its best checkpoint (or its
     last, without ``train.best_metric``) on the held-out questions, export it as a Hugging
     Face T5 folder to ``config.export_dir`` (default ``<workdir>/export``; an earlier export
-    is replaced once the new one is complete) and write eval.json last. Running it again on a
+    is replaced, :func:`export_trained_reader`) and write eval.json last. ``workdir`` and
+    the export folder may be local or ``gs://`` (``training.run_folder``). Running it again on a
     finished run trains no step and exports again.
     Returns the metrics (the last training line, held-out ``em`` / ``f1``, ``step``)."""
     from jax.experimental import multihost_utils
 
-    from gumbel_jax.checkpoints.export import export_reader
     from gumbel_jax.training.evaluation import write_evaluation
 
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = run_path(workdir)  # absolute (orbax needs it), or gs://
     processes = jax.process_count()
     if config.data.batch_size % processes:
         raise ValueError(f"data.batch_size={config.data.batch_size} (the global batch) is not "
@@ -413,7 +433,8 @@ def run_reader_training(config: ReaderExperimentConfig, workdir, *, mesh=None,
     # Built (and so validated) before anything is written.
     reader, train_source, eval_records, featurize = build_reader_experiment(config)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_reader_experiment(workdir, config)
+    if multihost.is_writer():
+        write_reader_experiment(workdir, config)
     train = config.train
     dataset = make_dataset(train_source, WithAnswerChoices(featurize, config.target_answers),
                            seed=train.seed,
@@ -439,14 +460,13 @@ def run_reader_training(config: ReaderExperimentConfig, workdir, *, mesh=None,
                               max_answer_length=config.data.answer_length,
                               num_beams=config.model.num_beams)
     summary = {**results["metrics"], "checkpoint_step": step}
-    export_dir = pathlib.Path(config.export_dir).expanduser() if config.export_dir else (
-        workdir / "export")
+    export_dir = run_path(config.export_dir) if config.export_dir else workdir / "export"
     reader.frozen = True  # as it will be read
-    export_reader(reader, export_dir, tokenizer=featurize.reader_tokenizer,
-                  card=reader_card(config, step, summary,
-                                   dropout_rate=reader.config.dropout_rate),
-                  max_length=config.data.reader_length,
-                  answer_length=config.data.answer_length, overwrite=True)
+    export_trained_reader(reader, export_dir, tokenizer=featurize.reader_tokenizer,
+                          card=reader_card(config, step, summary,
+                                           dropout_rate=reader.config.dropout_rate),
+                          max_length=config.data.reader_length,
+                          answer_length=config.data.answer_length)
     summary["export"] = str(export_dir)
     write_evaluation(workdir, {"metrics": summary, "predictions": results["predictions"]})
     return {**result, **summary}

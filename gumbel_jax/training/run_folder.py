@@ -53,3 +53,17 @@ def read_text(path: epath.Path) -> str | None:
     """``path``'s text, or None if there is no such file."""
     path = epath.Path(path)
     return path.read_text() if path.is_file() else None
+
+
+def upload_folder(source: pathlib.Path, destination: epath.Path) -> None:
+    """Copy the local folder ``source`` (nested files too) to ``destination`` in cloud
+    storage, replacing what was there. An object store cannot rename a folder atomically:
+    a run killed midway leaves a partial folder, which the run's next start replaces (a
+    file written after the upload, such as eval.json, marks it complete)."""
+    destination = epath.Path(destination)
+    if destination.exists():
+        destination.rmtree()
+    for file in sorted(path for path in pathlib.Path(source).rglob("*") if path.is_file()):
+        target = destination / file.relative_to(source).as_posix()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(file.read_bytes())

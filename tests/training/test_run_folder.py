@@ -93,6 +93,41 @@ def test_metrics_log_in_an_object_store_is_uploaded_whole_and_cut_back_on_resume
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
 
 
+def test_a_folder_upload_replaces_what_was_there(gcs, tmp_path):
+    local = tmp_path / "local"
+    (local / "nested").mkdir(parents=True)
+    (local / "config.json").write_text("{}")
+    (local / "nested" / "vocab.txt").write_text("a b")
+    destination = run_folder.run_path(f"{gcs}/models/reader")
+    destination.mkdir(parents=True)
+    (destination / "stale.bin").write_text("from an earlier export")
+    run_folder.upload_folder(local, destination)
+    assert sorted(p.name for p in destination.iterdir()) == ["config.json", "nested"]
+    assert (destination / "nested" / "vocab.txt").read_text() == "a b"
+
+
+@pytest.mark.slow
+def test_reader_training_in_a_gs_run_folder(gcs, tmp_path):
+    """experiment.json, checkpoints, metrics, eval.json and the exported Hugging Face folder
+    all land in the bucket (two steps of a tiny reader), the run reads back from there, and
+    nothing is written to the local disk."""
+    import dataclasses
+
+    from gumbel_jax.training.reader import read_reader_experiment, run_reader_training
+    from tests.training.test_train_reader import _synthetic
+
+    config = _synthetic(train=dataclasses.replace(_synthetic().train, num_steps=2))
+    result = run_reader_training(config, f"{gcs}/runs/reader")
+    run = run_folder.run_path(f"{gcs}/runs/reader")
+    assert result["step"] == 2 and result["export"] == f"{gcs}/runs/reader/export"
+    assert {"experiment.json", "metrics.jsonl", "eval.json", "checkpoints",
+            "export"} <= {p.name for p in run.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md"} <= {
+        p.name for p in (run / "export").iterdir()}
+    assert read_reader_experiment(run) == config
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_a_grid_in_a_gs_run_folder_trains_resumes_evaluates_and_makes_tables(gcs, tmp_path,
                                                                            capsys):
