@@ -173,6 +173,35 @@ def test_the_target_is_drawn_among_the_answers_at_each_step_reproducibly():
     assert [[text(row) for row in draw(key)] for key in keys] == targets
 
 
+@pytest.mark.slow
+def test_the_reader_step_drops_with_its_key_and_only_when_asked():
+    """The training step's loss: with dropout it differs from the loss without, the same
+    key gives the same loss, another key another (one update of a tiny reader, lr 0)."""
+    import optax
+
+    from gumbel_jax.data.pipeline import stack_examples
+    from gumbel_jax.training.loop import RankerState
+    from gumbel_jax.training.reader import (
+        WithAnswerChoices,
+        build_reader_experiment,
+        make_reader_step,
+    )
+
+    reader, records, _, featurize = build_reader_experiment(_synthetic())
+    batch = stack_examples([WithAnswerChoices(featurize, 4)(record) for record in records[:2]])
+    graph, params = nnx.split(reader)
+    tx = optax.sgd(0.0)
+    steps = {dropout: make_reader_step(graph, tx, dropout=dropout) for dropout in (False, True)}
+
+    def loss(dropout, seed):
+        state = RankerState(jax.tree.map(jnp.copy, params), tx.init(params))  # donated
+        return float(steps[dropout](state, batch, jax.random.key(seed))[1]["loss"])
+
+    assert loss(True, 0) == loss(True, 0)
+    assert len({loss(False, 0), loss(True, 0), loss(True, 1)}) == 3
+    assert loss(False, 0) == loss(False, 1)  # no dropout: the key draws targets only (one)
+
+
 def test_dropout_rate_is_the_start_checkpoints_unless_set(tmp_path):
     from gumbel_jax.training.reader import build_reader_experiment
 
