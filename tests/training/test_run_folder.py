@@ -106,11 +106,45 @@ def test_a_folder_upload_replaces_what_was_there(gcs, tmp_path):
     assert (destination / "nested" / "vocab.txt").read_text() == "a b"
 
 
+def test_a_reader_runs_experiment_and_export_go_to_a_gs_folder(gcs, tmp_path):
+    """The files reader training adds to a run folder, without training: experiment.json
+    written and read back, the exported Hugging Face folder uploaded (and a second export
+    replacing the first); nothing written to the local disk."""
+    from gumbel_jax.data.records import Passage, Record
+    from gumbel_jax.data.tokenizer import word_level_tokenizer
+    from gumbel_jax.models.fid import FiDReader
+    from gumbel_jax.models.t5 import T5Config
+    from gumbel_jax.training.config import ReaderExperimentConfig
+    from gumbel_jax.training.reader import (
+        export_trained_reader,
+        read_reader_experiment,
+        write_reader_experiment,
+    )
+
+    run = f"{gcs}/runs/reader"
+    config = ReaderExperimentConfig(name="gs", dropout_rate=0.2)
+    write_reader_experiment(run, config)
+    assert read_reader_experiment(run) == config
+    tokenizer = word_level_tokenizer([Record("q", "who", ("a",), (Passage("t", "a b"),))])
+    reader = FiDReader.random(T5Config(vocab_size=len(tokenizer), d_model=8, d_kv=4, d_ff=16,
+                                       num_layers=1, num_decoder_layers=1, num_heads=2))
+    export = run_folder.run_path(f"{run}/export")
+    for _ in range(2):
+        export_trained_reader(reader, export, tokenizer=tokenizer, max_length=8,
+                              answer_length=4)
+    assert {"model.safetensors", "config.json", "README.md"} <= {p.name
+                                                                for p in export.iterdir()}
+    assert json.loads((export / "config.json").read_text())["dropout_rate"] == 0.1
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_reader_training_in_a_gs_run_folder(gcs, tmp_path):
     """experiment.json, checkpoints, metrics, eval.json and the exported Hugging Face folder
     all land in the bucket (two steps of a tiny reader), the run reads back from there, and
-    nothing is written to the local disk."""
+    nothing is written to the local disk. Its checkpoints go through TensorStore to the
+    emulator, which now and then answers a write with "Malformed StorageGeneration" (1 run
+    in 6 here), a failure of the emulator the grid test below is exposed to as well."""
     import dataclasses
 
     from gumbel_jax.training.reader import read_reader_experiment, run_reader_training
