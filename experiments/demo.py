@@ -1,29 +1,35 @@
 """The main job: the paper's central claim on the synthetic multi-hop world, offline, on CPU.
 
     make demo                                   # = python -m experiments.demo
-    python -m experiments.demo --seeds 1 --ranker_steps 100 --out runs/quick
+    python -m experiments.demo --seeds 1 --ks 5 --no-tune --out runs/quick
 
 Stages (``gumbel_jax.data.synthetic`` explains the world):
-  1. generate the world: training and held-out questions, each with 10 candidates;
+  1. generate the world: training, dev and held-out questions, each with 10 candidates, of
+     which 3-7 are answer-like (the answer and "born in" distractors: never tied to k);
   2. train a tiny FiD reader on the gold passages among random distractors, then freeze it;
-     its EM with the gold passages, all candidates, random ones and without the bridge
-     shows how much it depends on retrieval;
-  3. train one reranker per method (G-Rerank, its no-noise ablation, EMDR, PDist, LOOP,
-     ADist) and seed from the same initialisation, on the same reader, data and budget,
-     with the trainer's own step (``gumbel_jax.training.step``) and the objectives' default
-     settings (k = 5, tau = 0.5, kappa = 1; theta = T = 0.01): only the sizes are small;
-  4. evaluate on held-out questions: Recall@5 / NDCG@5 on gold passages, EM / F1 of the
-     reader on the reranker's top 5, Recall@5 / MRR / NDCG@5 on indirect (bridge) passages,
-     and which passage roles land in the top 5.
+     its EM with the gold passages, all candidates, random ones, without the bridge and
+     with the best top k a one-passage-at-a-time reranker can pick shows how much it
+     depends on retrieval;
+  3. tune every method (G-Rerank, its no-noise ablation, EMDR, PDist, LOOP, ADist) with the
+     same budget at the first k of ``--ks``: four trainings over its grid (``TUNING``: tau
+     for G-Rerank, theta x T for the baselines), chosen by the reader's EM on the dev
+     questions; then, for each k, train each method at its chosen setting and every seed,
+     from the same initialisation, on the same reader, data and budget, with the trainer's
+     own step (``gumbel_jax.training.step``): only the sizes are small;
+  4. evaluate on held-out questions: Recall@k / NDCG@k on gold passages, EM / F1 of the
+     reader on the reranker's top k, Recall@k / MRR / NDCG@k on indirect (bridge) passages,
+     and which passage roles land in the top k.
 
-Writes ``results.md``, ``results.json``, ``indirect_recall.png`` and ``top_k_roles.png`` to
-``--out`` (default ``runs/demo``) and prints the tables.
+Writes ``results.md``, ``results.json``, ``indirect_recall.png`` and ``top_k_roles.png`` (for
+the first k) to ``--out`` (default ``runs/demo``) and prints the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import itertools
 import json
 import pathlib
 import sys
@@ -42,23 +48,40 @@ METHODS = {  # name in the tables -> objective settings (gumbel_jax.training.Obj
     "LOOP": {"name": "loop"},
     "ADist": {"name": "adist"},
 }
+# The same budget for every method, four trainings, as ``reproduce --tune`` gives the paper's
+# rows: tau for G-Rerank (0.5 first, so the paper's value wins ties), theta (the reranker's
+# softmax temperature) x T (the target's) for the baselines. Atlas's 0.01 is left out: on raw
+# reranker logits softmax(s / 0.01) is an argmax (the first demo's EMDR collapsed with it).
+BASELINE_GRID = (("theta", (1.0, 0.1)), ("temperature_gold", (1.0, 0.1)))
+TUNING = {"g_rerank": (("tau", (0.5, 0.25, 1.0, 2.0)),), "emdr": BASELINE_GRID,
+          "pdist": BASELINE_GRID, "loop": BASELINE_GRID, "adist": BASELINE_GRID}
+SYMBOLS = {"tau": "τ", "theta": "θ", "temperature_gold": "T"}
+TUNE_SEED = 1000  # tuning trains its own seed, none of the reported ones
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    seeds: int = 3
+    seeds: int = 4
     num_train: int = 3000
+    num_dev: int = 256  # tuning questions: the reader's EM on them chooses each setting
     num_eval: int = 256
     num_people: int = 60
     num_cities: int = 40
-    num_countries: int = 5
-    k: int = 5
+    num_countries: int = 7
+    # "born in" distractors per question: 4 ± 2, so 3-7 answer-like passages (the answer
+    # and its distractors), never tied to k
+    born_distractors: int = 4
+    born_distractors_spread: int = 2
+    ks: tuple[int, ...] = (5, 3)  # top k of training and evaluation; tuning runs at the first
+    tune: bool = True  # False: every method at its objective's default settings
     # models: tiny T5s (the reader reads, so it gets the second decoder layer)
     d_model: int = 32
     num_heads: int = 2
     reader_steps: int = 2500
     reader_learning_rate: float = 3e-3
-    reader_slots: int = 7  # passages per question while the reader trains
+    # passages per question while the reader trains: up to all 10, as G-Rerank's soft mask
+    # reads them (FiD reads every candidate); docs/demo.md says what 7 and 10 changed
+    reader_slots: int = 10
     reader_drop_bridge: float = 0.3  # share of reader training questions without the bridge
     ranker_steps: int = 60
     ranker_learning_rate: float = 1e-3
@@ -77,18 +100,25 @@ def parse_args(argv=None) -> DemoConfig:
         if field.name == "methods":
             parser.add_argument("--methods", nargs="+", default=list(value), choices=METHODS,
                                 metavar="METHOD", help=f"any of {list(METHODS)}")
+        elif field.name == "ks":
+            parser.add_argument("--ks", nargs="+", type=int, default=list(value),
+                                help=f"default: {' '.join(map(str, value))}")
+        elif field.name == "tune":
+            parser.add_argument("--tune", action=argparse.BooleanOptionalAction, default=value,
+                                help="tune every method on the dev questions (default)")
         else:
             parser.add_argument(f"--{field.name}", type=type(value), default=value,
                                 help=f"default: {value}")
     args = vars(parser.parse_args(argv))
-    args["methods"] = tuple(args["methods"])
+    args["methods"], args["ks"] = tuple(args["methods"]), tuple(args["ks"])
     config = DemoConfig(**args)
     if config.seeds < 1 or config.reader_steps < 1 or config.ranker_steps < 1:
         parser.error("--seeds, --reader_steps and --ranker_steps must be >= 1")
-    if config.num_eval < 1 or config.batch_size < 1 or config.num_train < config.batch_size:
-        parser.error("--num_train must be >= --batch_size >= 1 and --num_eval >= 1")
-    if not 1 <= config.k <= 10 or not 2 <= config.reader_slots <= 10:
-        parser.error("--k must be in [1, 10] and --reader_slots in [2, 10] (10 candidates)")
+    if (config.num_eval < 1 or config.num_dev < 1 or config.batch_size < 1
+            or config.num_train < config.batch_size):
+        parser.error("--num_train must be >= --batch_size >= 1, --num_eval and --num_dev >= 1")
+    if not all(1 <= k <= 10 for k in config.ks) or not 2 <= config.reader_slots <= 10:
+        parser.error("--ks must be in [1, 10] and --reader_slots in [2, 10] (10 candidates)")
     try:
         from gumbel_jax.data.synthetic import make_world
 
@@ -103,7 +133,8 @@ def world_config(config: DemoConfig):
 
     return WorldConfig(num_people=config.num_people, num_cities=config.num_cities,
                        num_countries=config.num_countries, num_candidates=10,
-                       num_born_distractors=4)
+                       num_born_distractors=config.born_distractors,
+                       born_distractors_spread=config.born_distractors_spread)
 
 
 class Stage:
@@ -139,10 +170,11 @@ def build_data(config: DemoConfig):
     world = world_config(config)
     train = make_records(world, config.num_train, split_seed=0, prefix="train")
     held_out = make_records(world, config.num_eval, split_seed=1, prefix="eval")
-    tokenizer = word_level_tokenizer(train + held_out)
+    dev = make_records(world, config.num_dev, split_seed=2, prefix="dev")
+    tokenizer = word_level_tokenizer(train + held_out + dev)
     # question + title + passage fit in 24 tokens; answers are one city + EOS
     featurize = Featurizer(tokenizer, tokenizer, FeatureSpec(10, 24, 24, 2))
-    return train, held_out, tokenizer, featurize
+    return train, dev, held_out, tokenizer, featurize
 
 
 def batches(examples: list[dict], batch_size: int, seed: int):
@@ -180,14 +212,18 @@ def train_reader_stage(config: DemoConfig, train_examples, vocab_size: int):
 
 
 def reader_report(config: DemoConfig, reader, held_out, eval_batch: dict, tokenizer) -> dict:
-    """The frozen reader's EM when it reads (a) both gold passages plus k - 2 random others,
-    (b) all candidates, (c) k random candidates, (d) k candidates without the bridge."""
+    """The frozen reader's EM when it reads (a) both gold passages plus random others,
+    (b) all candidates, (c) random candidates, (d) candidates without the bridge, (e) the
+    best top k of a reranker that scores one passage at a time (see :func:`ceiling_recall`);
+    (a), (c), (d) and (e) read k passages, for each k of ``config.ks``."""
     import jax.numpy as jnp
 
     from gumbel_jax.training.reader import reader_exact_match
 
     rng = np.random.default_rng(0)
     valid, gold, indirect = eval_batch["doc_valid"], eval_batch["gold"], eval_batch["indirect"]
+    roles = np.array([record.metadata["roles"] for record in held_out])
+    answer_like = (roles == "answer") | (roles == "distractor")
 
     def pick(count, always=None, never=None):
         noise = rng.random(valid.shape) + np.where(valid, 0.0, 9.0)
@@ -197,14 +233,16 @@ def reader_report(config: DemoConfig, reader, held_out, eval_batch: dict, tokeni
             noise = np.where(never, 9.0, noise)
         return np.argsort(np.argsort(noise, axis=-1), axis=-1) < count
 
-    k = config.k
-    settings = {
-        "gold passages + random others": pick(k, always=gold),
-        "all candidates": valid,
-        "random candidates": pick(k),
-        "answer passage + random others, no bridge": pick(k, always=gold & ~indirect,
-                                                          never=indirect),
-    }
+    settings = {"all candidates": valid}
+    for k in config.ks:
+        settings |= {
+            f"gold passages + random others, k = {k}": pick(k, always=gold),
+            f"random candidates, k = {k}": pick(k),
+            f"answer passage + random others, no bridge, k = {k}": pick(
+                k, always=gold & ~indirect, never=indirect),
+            f"bridge + k - 1 random answer-like (the best top k), k = {k}": pick(
+                k, always=indirect, never=~(answer_like | indirect)),
+        }
     answers = [record.answers for record in held_out]
     device_batch = {key: jnp.asarray(value) for key, value in eval_batch.items()}
     return {name: reader_exact_match(reader, [(device_batch, answers)], tokenizer,
@@ -220,85 +258,191 @@ def indirect_recall(scores: np.ndarray, batch: dict, k: int) -> float:
                           zip(scores, batch["indirect"], batch["doc_valid"], strict=True)]))
 
 
-def train_rankers_stage(config: DemoConfig, reader, train_examples, eval_batch, held_out,
-                        held_out_examples: dict, tokenizer):
-    """Every method x seed: train, with held-out indirect recall every ``eval_every`` steps,
-    then the full evaluation. Returns per-method lists (one entry per seed)."""
+def grid_points(axes) -> list[dict[str, float]]:
+    """A tuning grid's points in order, the first axis varying slowest:
+    ``(("theta", (1, .1)), ("temperature_gold", (1, .1)))`` -> 4 dicts, ``theta=1`` first."""
+    names = [name for name, _ in axes]
+    return [dict(zip(names, values, strict=True))
+            for values in itertools.product(*(values for _, values in axes))]
+
+
+def objective_for(method: str, k: int, point: dict | None = None):
+    """The ``ObjectiveConfig`` of ``method`` at top-``k`` with a tuning point's settings."""
+    from gumbel_jax.training import ObjectiveConfig
+
+    return ObjectiveConfig(k=k, **METHODS[method], **(point or {}))
+
+
+def choose(dev_results: list[dict]) -> int:
+    """The tuning point with the best dev EM (ties: the earlier point, so the default wins)."""
+    return max(range(len(dev_results)), key=lambda i: (dev_results[i]["em"], -i))
+
+
+def label(point: dict) -> str:
+    """``{"theta": 1.0, "temperature_gold": 0.1}`` -> ``"θ=1, T=0.1"``."""
+    return ", ".join(f"{SYMBOLS.get(name, name)}={value:g}" for name, value in point.items())
+
+
+class RankerTrainer:
+    """Trains and evaluates the demo's rerankers: the same frozen reader, data and tiny RankT5
+    initialisation (per seed) for every method; one jitted step per objective setting, so a
+    setting trained at several seeds (or chosen by tuning) compiles once."""
+
+    def __init__(self, config: DemoConfig, reader, tokenizer, train_examples, eval_batch):
+        import jax.numpy as jnp
+        from flax import nnx
+
+        from gumbel_jax.models import RankT5
+
+        self.config, self.reader, self.tokenizer = config, reader, tokenizer
+        self.train_examples = train_examples
+        # RankT5 shape: an encoder and one decoder step; its score is a logit of a token the
+        # word-level vocabulary never produces as an answer ("<unk>").
+        ranker_config = tiny_t5(config, len(tokenizer), encoder_layers=1, decoder_layers=1,
+                                feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+        self.new_ranker = lambda seed: RankT5.random(ranker_config, seed=100 + seed,
+                                                     score_token_id=tokenizer.unk_token_id)
+        self.ranker_graph, _ = nnx.split(self.new_ranker(0))
+        self.reader_graph, self.reader_state = nnx.split(reader)
+        self.eval_batch = eval_batch
+        self.device_eval = {key: jnp.asarray(value) for key, value in eval_batch.items()}
+        self.steps = {}  # ObjectiveConfig -> (jitted step, optimizer)
+
+    def step_for(self, objective):
+        from gumbel_jax.training import OptimizerConfig, make_train_step
+        from gumbel_jax.training.loop import ranker_step
+        from gumbel_jax.training.step import make_optimizer
+
+        if objective not in self.steps:
+            tx = make_optimizer(OptimizerConfig(learning_rate=self.config.ranker_learning_rate),
+                                self.config.ranker_steps)
+            step = ranker_step(make_train_step(self.ranker_graph, self.reader_graph, tx,
+                                               objective), self.reader_state)
+            self.steps[objective] = (step, tx)
+        return self.steps[objective]
+
+    def train(self, objective, seed: int, *, curve: bool, on_log=None):
+        """Train one reranker; returns ``(ranker, losses, curve, seconds)``, ``curve`` the
+        held-out bridge Recall@k every ``eval_every`` steps (empty without ``curve``)."""
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        from gumbel_jax.training.hooks import Hook
+        from gumbel_jax.training.loop import NonFiniteLossError, RankerState, run_steps
+
+        step_fn, tx = self.step_for(objective)
+        ranker = self.new_ranker(seed)  # the same initialisation for every method
+        _, params = nnx.split(ranker)
+        points, losses = [], []
+
+        def curve_point(step, state, metrics):
+            scores = np.asarray(self._scores(state.params, self.device_eval))
+            points.append(indirect_recall(scores, self.eval_batch, objective.k))
+
+        def log(rows, seconds):
+            losses.extend(row["loss"] for row in rows)
+            if on_log is not None:
+                on_log(len(rows), losses[-1])
+
+        started = time.perf_counter()
+        hooks = [Hook(curve_point, every=self.config.eval_every, at_end=True)] if curve else []
+        if curve:
+            curve_point(0, RankerState(params, None), {})
+        data = ({key: jnp.asarray(value) for key, value in batch.items()}
+                for batch in batches(self.train_examples, self.config.batch_size, seed=seed))
+        try:
+            state, _ = run_steps(step_fn, RankerState(params, tx.init(params)), data, start=0,
+                                 end=self.config.ranker_steps, base_key=jax.random.key(seed),
+                                 log_every=self.config.eval_every, on_log=log, hooks=hooks)
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(f"{objective}, seed {seed}: {error}") from None
+        nnx.update(ranker, state.params)
+        return ranker, losses, points, time.perf_counter() - started
+
+    def _scores(self, params, batch):
+        return _eval_scores(self.ranker_graph)(params, batch)
+
+    def evaluate(self, ranker, records, featurized: dict, k: int) -> tuple[dict, dict]:
+        """Held-out metrics of one reranker at top ``k`` (the reader answers from its top k)
+        and how often each passage role lands in that top k."""
+        from gumbel_jax.training.evaluation import evaluate
+
+        result = evaluate(ranker, self.reader, records, lambda record: featurized[record.id],
+                          k=k, batch_size=128, tokenizer=self.tokenizer, max_answer_length=2)
+        return result["metrics"], top_k_roles(result["predictions"], records, k)
+
+
+@functools.lru_cache(maxsize=2)
+def _eval_scores(ranker_graph):
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
-    from gumbel_jax.models import RankT5
-    from gumbel_jax.training import ObjectiveConfig, OptimizerConfig, make_train_step
-    from gumbel_jax.training.evaluation import evaluate
-    from gumbel_jax.training.hooks import Hook
-    from gumbel_jax.training.loop import NonFiniteLossError, RankerState, ranker_step, run_steps
-    from gumbel_jax.training.step import make_optimizer
-
-    vocab = len(tokenizer)
-    # RankT5 shape: an encoder and one decoder step; its score is a logit of a token that
-    # the word-level vocabulary never produces as an answer ("<unk>").
-    ranker_config = tiny_t5(config, vocab, encoder_layers=1, decoder_layers=1,
-                            feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-    new_ranker = lambda seed: RankT5.random(ranker_config, seed=100 + seed,
-                                            score_token_id=tokenizer.unk_token_id)
-    ranker_graph, _ = nnx.split(new_ranker(0))
-    reader_graph, reader_state = nnx.split(reader)
-    device_eval = {key: jnp.asarray(value) for key, value in eval_batch.items()}
-
     @jax.jit
-    def eval_scores(params, batch):
+    def scores(params, batch):
         return nnx.merge(ranker_graph, params)(batch["ranker_ids"], batch["ranker_mask"])
 
-    featurized = lambda record: held_out_examples[record.id]  # featurised once, in run()
-    checkpoints = list(range(0, config.ranker_steps + 1, config.eval_every))
-    if checkpoints[-1] != config.ranker_steps:
-        checkpoints.append(config.ranker_steps)
-    runs = {method: [] for method in config.methods}
-    stage = Stage("rerankers: training and evaluation",
-                  len(config.methods) * config.seeds * config.ranker_steps)
+    return scores
+
+
+def tune(trainer: RankerTrainer, config: DemoConfig, k: int, dev, dev_examples: dict,
+         stage) -> dict:
+    """Every method's grid (``TUNING``) trained at ``TUNE_SEED`` and scored by the reader's
+    EM on the dev split's questions (answers only: no passage labels choose)."""
+    tuning = {}
     for method in config.methods:
-        objective = ObjectiveConfig(k=config.k, **METHODS[method])
-        tx = make_optimizer(OptimizerConfig(learning_rate=config.ranker_learning_rate),
-                            config.ranker_steps)
-        step_fn = ranker_step(make_train_step(ranker_graph, reader_graph, tx, objective),
-                              reader_state)
+        points = grid_points(TUNING[METHODS[method]["name"]])
+        results = []
+        for point in points:
+            ranker, *_ = trainer.train(objective_for(method, k, point), TUNE_SEED, curve=False,
+                                       on_log=lambda n, loss, method=method: stage.update(
+                                           n, tuning=method))
+            metrics, _ = trainer.evaluate(ranker, dev, dev_examples, k)
+            results.append({"em": metrics["em"], f"indirect_recall@{k}":
+                            metrics[f"indirect_recall@{k}"], f"recall@{k}": metrics[f"recall@{k}"]})
+        tuning[method] = {"points": points, "dev": results,
+                          "chosen": points[choose(results)]}
+    return tuning
+
+
+def report_runs(trainer: RankerTrainer, config: DemoConfig, k: int, chosen: dict, held_out,
+                held_out_examples: dict, stage) -> dict:
+    """Every method at its chosen setting, trained at seeds ``0 .. seeds - 1`` and evaluated
+    on the held-out questions. Returns per-method lists (one entry per seed)."""
+    runs = {method: [] for method in config.methods}
+    for method in config.methods:
         for seed in range(config.seeds):
-            ranker = new_ranker(seed)  # the same initialisation for every method
-            _, params = nnx.split(ranker)
-            curve, losses = [], []
+            ranker, losses, curve, seconds = trainer.train(
+                objective_for(method, k, chosen.get(method)), seed, curve=True,
+                on_log=lambda n, loss, method=method, seed=seed: stage.update(
+                    n, method=method, seed=seed, loss=f"{loss:.3f}"))
+            metrics, roles = trainer.evaluate(ranker, held_out, held_out_examples, k)
+            runs[method].append({"seed": seed, "metrics": metrics, "roles": roles,
+                                 "curve": curve, "loss": losses, "train_seconds": seconds})
+    return runs
 
-            def curve_point(step, state, metrics, curve=curve):
-                scores = np.asarray(eval_scores(state.params, device_eval))
-                curve.append(indirect_recall(scores, eval_batch, config.k))
 
-            def on_log(rows, seconds, losses=losses, method=method, seed=seed):
-                losses.extend(row["loss"] for row in rows)
-                stage.update(len(rows), method=method, seed=seed, loss=f"{losses[-1]:.3f}")
+def curve_steps(config: DemoConfig) -> list[int]:
+    steps = list(range(0, config.ranker_steps + 1, config.eval_every))
+    return steps if steps[-1] == config.ranker_steps else steps + [config.ranker_steps]
 
-            started = time.perf_counter()
-            curve_point(0, RankerState(params, None), {})
-            data = ({key: jnp.asarray(value) for key, value in batch.items()}
-                    for batch in batches(train_examples, config.batch_size, seed=seed))
-            try:
-                state, _ = run_steps(step_fn, RankerState(params, tx.init(params)), data,
-                                     start=0, end=config.ranker_steps,
-                                     base_key=jax.random.key(seed),
-                                     log_every=config.eval_every, on_log=on_log,
-                                     hooks=[Hook(curve_point, every=config.eval_every,
-                                                 at_end=True)])
-            except NonFiniteLossError as error:
-                raise NonFiniteLossError(f"{method}, seed {seed}: {error}") from None
-            train_seconds = time.perf_counter() - started
-            nnx.update(ranker, state.params)
-            result = evaluate(ranker, reader, held_out, featurized, k=config.k,
-                              batch_size=128, tokenizer=tokenizer, max_answer_length=2)
-            runs[method].append({"seed": seed, "metrics": result["metrics"],
-                                 "roles": top_k_roles(result["predictions"], held_out,
-                                                      config.k),
-                                 "curve": curve, "loss": losses,
-                                 "train_seconds": train_seconds})
-    return runs, checkpoints, stage.close()
+
+def answer_like_counts(records) -> np.ndarray:
+    """``[questions]`` the number of answer-like passages (the answer and its "born in"
+    distractors: what a reranker that reads one passage at a time cannot tell apart)."""
+    return np.array([sum(role in ("answer", "distractor") for role in record.metadata["roles"])
+                     for record in records])
+
+
+def ceiling_recall(records, k: int) -> float:
+    """The expected gold Recall@k of the best ranking that scores passages one at a time:
+    bridge first (it names the question's person and a country), then k - 1 of the m
+    answer-like passages at random (the trap names the question's person as the one born,
+    false bridges name no birthplace: both can be ruled out), so the answer passage is kept
+    with probability min(1, (k - 1) / m). Every reranker here scores one passage at a time
+    at test time, so this bounds them all."""
+    kept = np.minimum(1.0, (k - 1) / answer_like_counts(records))
+    return float(np.mean((1.0 + kept) / 2))
 
 
 def top_k_roles(predictions, records, k: int) -> dict:
@@ -334,28 +478,85 @@ def _cell(stats: dict) -> str:
     return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
 
 
-def markdown_tables(summary: dict, reader_em: dict, k: int, seeds: int) -> str:
-    lines = [f"Held-out questions; mean ± std over {seeds} seed(s), in %.", "",
-             "**Table 1 — gold passages and answers** (the paper's layout)", "",
-             f"| Method | Recall@{k} | NDCG@{k} | EM | F1 |", "|---|---|---|---|---|"]
+def _setting(result: dict, method: str) -> str:
+    chosen = result["chosen"].get(method)
+    return label(chosen) if chosen else "default"
+
+
+def _best_top_k_em(results: dict, k: int) -> float:
+    return results["reader"]["exact_match"][
+        f"bridge + k - 1 random answer-like (the best top k), k = {k}"]
+
+
+def summary_table(results: dict) -> str:
+    """The README's table: per method, the chosen setting, then bridge Recall@k and EM per k."""
+    ks = results["config"]["ks"]
+    head = ["Method", "setting"] + [name for k in ks for name in (f"bridge R@{k}", f"EM, k = {k}")]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    first = results["by_k"][str(ks[0])]
+    for method in results["config"]["methods"]:
+        cells = [method, _setting(first, method)]
+        for k in ks:
+            stats = results["by_k"][str(k)]["methods"][method]
+            cells += [_cell(stats[f"indirect_recall@{k}"]), _cell(stats["em"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["Best top k of a one-passage-at-a-time reranker", "—"]
+    for k in ks:
+        cells += ["100.0", f"{100 * _best_top_k_em(results, k):.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def k_tables(results: dict, k: int) -> list[str]:
+    """Tables 1-4 of one k: gold passages and answers, bridge passages, passage roles in
+    the top k, and the tuning on the dev questions."""
+    result = results["by_k"][str(k)]
+    summary = result["methods"]
+    lines = [f"**Table 1 (k = {k}) — gold passages and answers** (the paper's layout)", "",
+             f"| Method | setting | Recall@{k} | NDCG@{k} | EM | F1 |", "|---|---|---|---|---|---|"]
     for method, stats in summary.items():
-        lines.append(f"| {method} | {_cell(stats[f'recall@{k}'])} | "
+        lines.append(f"| {method} | {_setting(result, method)} | {_cell(stats[f'recall@{k}'])} | "
                      f"{_cell(stats[f'ndcg@{k}'])} | {_cell(stats['em'])} | "
                      f"{_cell(stats['f1'])} |")
-    lines += ["", "**Table 2 — indirect (bridge) passages**", "",
+    lines.append(f"| Best top k of a one-passage-at-a-time reranker | — | "
+                 f"{100 * result['ceiling_recall']:.1f} | — | "
+                 f"{100 * _best_top_k_em(results, k):.1f} | — |")
+    lines += ["", f"**Table 2 (k = {k}) — indirect (bridge) passages**", "",
               f"| Method | Recall@{k} | MRR | NDCG@{k} |", "|---|---|---|---|"]
     for method, stats in summary.items():
         lines.append(f"| {method} | {_cell(stats[f'indirect_recall@{k}'])} | "
                      f"{_cell(stats['indirect_mrr'])} | {_cell(stats[f'indirect_ndcg@{k}'])} |")
     roles = list(next(iter(summary.values()))["roles_in_top_k"])
-    lines += ["", f"**Table 3 — how often each passage role lands in the top {k}**", "",
-              "| Method | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+    lines += ["", f"**Table 3 (k = {k}) — how often each passage role lands in the top {k}**",
+              "", "| Method | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
     for method, stats in summary.items():
         lines.append(f"| {method} | " + " | ".join(
             _cell(stats["roles_in_top_k"][role]) for role in roles) + " |")
-    lines += ["", "**The frozen reader** (EM, %, reading these candidates)", "",
+    if result["tuning"]:
+        lines += ["", f"**Table 4 (k = {k}) — tuning: the reader's EM (%) on "
+                  f"{results['config']['num_dev']} dev questions, one training per setting "
+                  f"(seed {TUNE_SEED}); every k uses the chosen settings**", "",
+                  "| Method | dev EM per setting | chosen |",
+                  "|---|---|---|"]
+        for method, tuning in result["tuning"].items():
+            grid = "; ".join(f"{label(point)}: {100 * dev['em']:.1f}"
+                             for point, dev in zip(tuning["points"], tuning["dev"], strict=True))
+            lines.append(f"| {method} | {grid} | {label(tuning['chosen'])} |")
+    return lines
+
+
+def markdown_tables(results: dict) -> str:
+    """Every table of a run, from its ``results.json`` content."""
+    config = results["config"]
+    lines = [f"Held-out questions; mean ± std over {config['seeds']} seed(s), in %; "
+             "setting: the one tuning chose on the dev questions.", "",
+             "**Summary**", "", summary_table(results).rstrip("\n"), ""]
+    for k in config["ks"]:
+        lines += k_tables(results, k) + [""]
+    lines += ["**The frozen reader** (EM, %, reading these candidates)", "",
               "| Reader reads | EM |", "|---|---|"]
-    lines += [f"| {name} | {100 * em:.1f} |" for name, em in reader_em.items()]
+    lines += [f"| {name} | {100 * em:.1f} |"
+              for name, em in results["reader"]["exact_match"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -376,7 +577,7 @@ def plot(out: pathlib.Path, runs: dict, checkpoints: list[int], summary: dict, k
     axis.set_ylim(-2, 102)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    axis.set_title("Which training signal finds the bridge passage?")
+    axis.set_title(f"Which training signal finds the bridge passage? (k = {k})")
     figure.tight_layout()
     figure.savefig(out / "indirect_recall.png", dpi=120)
     plt.close(figure)
@@ -404,8 +605,9 @@ def run(config: DemoConfig) -> dict:
     started = time.perf_counter()
     timing = {}
     stage = Stage("world: generate and tokenise", 1)
-    train, held_out, tokenizer, featurize = build_data(config)
+    train, dev, held_out, tokenizer, featurize = build_data(config)
     train_examples = [featurize(record) for record in train]
+    dev_examples = {record.id: featurize(record) for record in dev}
     held_out_examples = {record.id: featurize(record) for record in held_out}
     eval_batch = stack_examples(list(held_out_examples.values()))
     stage.update()
@@ -418,30 +620,50 @@ def run(config: DemoConfig) -> dict:
     stage.update()
     timing["reader_eval_s"] = stage.close()
 
-    runs, checkpoints, timing["rerankers_s"] = train_rankers_stage(
-        config, reader, train_examples, eval_batch, held_out, held_out_examples, tokenizer)
-    summary = summarize(runs)
+    trainer = RankerTrainer(config, reader, tokenizer, train_examples, eval_batch)
+    tunings = sum(len(grid_points(TUNING[METHODS[m]["name"]])) for m in config.methods)
+    runs = len(config.ks) * len(config.methods) * config.seeds + config.tune * tunings
+    stage = Stage("rerankers: tuning, training and evaluation", runs * config.ranker_steps)
+    # Tuned once, at the first k: each tuning point compiles its own step, and the demo's
+    # time budget holds one round of them; the other k reuse the chosen settings.
+    tuning = tune(trainer, config, config.ks[0], dev, dev_examples, stage) if config.tune else {}
+    chosen = {method: entry["chosen"] for method, entry in tuning.items()}
+    by_k = {}
+    for k in config.ks:
+        runs = report_runs(trainer, config, k, chosen, held_out, held_out_examples, stage)
+        by_k[str(k)] = {"ceiling_recall": ceiling_recall(held_out, k), "chosen": chosen,
+                        "tuning": tuning if k == config.ks[0] else {},
+                        "methods": summarize(runs), "runs": runs}
+    timing["rerankers_s"] = stage.close()
     timing["total_s"] = time.perf_counter() - started
 
-    tables = markdown_tables(summary, reader_em, config.k, config.seeds)
-    command = " ".join(["python -m experiments.demo", *_argv(config)])
-    header = ("# gumbel-jax demo: G-Rerank vs. per-document signals on the synthetic "
-              "multi-hop world\n\n"
-              f"`{command}` — {timing['total_s'] / 60:.1f} min on this machine "
-              f"(world {timing['world_s']:.0f} s, reader {timing['reader_s']:.0f} s, "
-              f"rerankers {timing['rerankers_s']:.0f} s).\n\n")
-    (out / "results.md").write_text(header + tables + "\n![indirect recall]"
-                                    "(indirect_recall.png)\n![top-k roles](top_k_roles.png)\n")
     results = {"config": dataclasses.asdict(config), "timing_s": timing,
                "reader": {"exact_match": reader_em, "final_loss": reader_losses[-1]},
-               "methods": summary, "curve_steps": checkpoints,
-               "runs": runs}
+               "answer_like_per_question": np.bincount(answer_like_counts(held_out)).tolist(),
+               "by_k": by_k, "curve_steps": curve_steps(config)}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(out, runs, checkpoints, summary, config.k)
+    tables = markdown_tables(results)
+    (out / "results.md").write_text(header(results) + tables + "\n![indirect recall]"
+                                    "(indirect_recall.png)\n![top-k roles](top_k_roles.png)\n")
+    first = by_k[str(config.ks[0])]
+    plot(out, first["runs"], results["curve_steps"], first["methods"], config.ks[0])
     print(tables)
     print(f"wrote {out}/results.md, results.json, indirect_recall.png, top_k_roles.png "
           f"in {timing['total_s'] / 60:.1f} min")
     return results
+
+
+def header(results: dict) -> str:
+    """results.md's title and the line naming the command and its time."""
+    timing = results["timing_s"]
+    config = DemoConfig(**{**results["config"], "ks": tuple(results["config"]["ks"]),
+                           "methods": tuple(results["config"]["methods"])})
+    command = " ".join(["python -m experiments.demo", *_argv(config)])
+    return ("# gumbel-jax demo: G-Rerank vs. per-document signals on the synthetic "
+            "multi-hop world\n\n"
+            f"`{command}` — {timing['total_s'] / 60:.1f} min on this machine "
+            f"(world {timing['world_s']:.0f} s, reader {timing['reader_s']:.0f} s, "
+            f"rerankers {timing['rerankers_s']:.0f} s).\n\n")
 
 
 def _argv(config: DemoConfig) -> list[str]:
@@ -450,9 +672,16 @@ def _argv(config: DemoConfig) -> list[str]:
     flags = []
     for field in dataclasses.fields(DemoConfig):
         value = getattr(config, field.name)
-        if value != getattr(defaults, field.name):
-            text = " ".join(f"'{v}'" for v in value) if field.name == "methods" else value
-            flags.append(f"--{field.name} {text}")
+        if value == getattr(defaults, field.name):
+            continue
+        if field.name == "tune":
+            flags.append("--tune" if value else "--no-tune")
+        elif field.name == "methods":
+            flags.append("--methods " + " ".join(f"'{v}'" for v in value))
+        elif field.name == "ks":
+            flags.append("--ks " + " ".join(map(str, value)))
+        else:
+            flags.append(f"--{field.name} {value}")
     return flags
 
 

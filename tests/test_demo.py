@@ -4,6 +4,7 @@ each method trains with its own objective."""
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from experiments import demo
@@ -11,10 +12,24 @@ from experiments import demo
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """Every method, two seeds, untuned (one compile per method keeps it quick)."""
     out = tmp_path_factory.mktemp("demo")
-    argv = ["--seeds", "2", "--num_train", "48", "--num_eval", "12", "--batch_size", "8",
-            "--reader_steps", "4", "--ranker_steps", "3", "--eval_every", "2",
-            "--methods", *demo.METHODS, "--out", str(out)]
+    argv = ["--seeds", "2", "--num_train", "48", "--num_eval", "12", "--num_dev", "8",
+            "--batch_size", "8", "--reader_steps", "4", "--ranker_steps", "3",
+            "--eval_every", "2", "--ks", "5", "--no-tune", "--methods", *demo.METHODS,
+            "--out", str(out)]
+    assert demo.main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory):
+    """The tuning path at two k: two methods' grids on the dev questions, one seed."""
+    out = tmp_path_factory.mktemp("demo_tuned")
+    argv = ["--seeds", "1", "--num_train", "48", "--num_eval", "12", "--num_dev", "8",
+            "--batch_size", "8", "--reader_steps", "4", "--ranker_steps", "2",
+            "--eval_every", "2", "--ks", "3", "5", "--methods", "G-Rerank", "PDist",
+            "--out", str(out)]
     assert demo.main(argv) == 0
     return out
 
@@ -24,39 +39,105 @@ def test_every_method_trains_with_its_own_objective(tiny_run):
     """The same ranker, batch and key per seed: only the objective differs, so the first
     logged losses of the six methods must all differ (a method list that never reached the
     objective would train every method as G-Rerank)."""
-    results = json.loads((tiny_run / "results.json").read_text())
-    assert list(results["runs"]) == list(demo.METHODS)
+    runs = json.loads((tiny_run / "results.json").read_text())["by_k"]["5"]["runs"]
+    assert list(runs) == list(demo.METHODS)
     for seed in range(2):
-        first = {method: runs[seed]["loss"][0] for method, runs in results["runs"].items()}
+        first = {method: seeds[seed]["loss"][0] for method, seeds in runs.items()}
         assert len(set(first.values())) == len(demo.METHODS), first
 
 
 @pytest.mark.slow
 def test_demo_writes_tables_json_and_plots(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
-    assert list(results["methods"]) == list(demo.METHODS)
+    result = results["by_k"]["5"]
+    assert list(result["methods"]) == list(demo.METHODS) and result["tuning"] == {}
     assert results["curve_steps"] == [0, 2, 3]
     for method in demo.METHODS:
-        stats = results["methods"][method]
+        stats = result["methods"][method]
         for name in ("recall@5", "ndcg@5", "em", "f1", "indirect_recall@5", "indirect_mrr",
                      "indirect_ndcg@5"):
             assert len(stats[name]["values"]) == 2 and 0 <= stats[name]["mean"] <= 1
         assert set(stats["roles_in_top_k"]) == {"bridge", "answer", "trap", "distractor",
                                                 "false_bridge"}
-        # the same initialisation: every method starts from the same ranker per seed
-        for run in results["runs"][method]:
+        for run in result["runs"][method]:
             assert len(run["curve"]) == 3 and len(run["loss"]) == 3
-    first = [run["curve"][0] for run in results["runs"]["G-Rerank"]]
-    assert first == [run["curve"][0] for run in results["runs"]["EMDR"]]
+    # the same initialisation: every method starts from the same ranker per seed
+    first = [run["curve"][0] for run in result["runs"]["G-Rerank"]]
+    assert first == [run["curve"][0] for run in result["runs"]["EMDR"]]
     assert set(results["reader"]["exact_match"]) == {
-        "gold passages + random others", "all candidates", "random candidates",
-        "answer passage + random others, no bridge"}
+        "all candidates", "gold passages + random others, k = 5", "random candidates, k = 5",
+        "answer passage + random others, no bridge, k = 5",
+        "bridge + k - 1 random answer-like (the best top k), k = 5"}
     table = (tiny_run / "results.md").read_text()
-    assert "| Method | Recall@5 | NDCG@5 | EM | F1 |" in table
-    assert "| Method | Recall@5 | MRR | NDCG@5 |" in table and "| G-Rerank |" in table
-    assert "--seeds 2" in table  # the command that made it
+    assert "| Method | setting | Recall@5 | NDCG@5 | EM | F1 |" in table
+    assert "| Method | Recall@5 | MRR | NDCG@5 |" in table and "| G-Rerank | default |" in table
+    assert "--seeds 2" in table and "--no-tune" in table  # the command that made it
     for plot in ("indirect_recall.png", "top_k_roles.png"):
         assert (tiny_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_tuning_trains_every_grid_point_and_reports_with_the_best(tuned_run):
+    """Each method trains its whole grid on the dev questions at the first k; the chosen
+    point is the best dev EM (earliest on ties), every k reports with it, and the tables say
+    which it was."""
+    results = json.loads((tuned_run / "results.json").read_text())
+    table = (tuned_run / "results.md").read_text()
+    tuned, other = results["by_k"]["3"], results["by_k"]["5"]
+    assert other["tuning"] == {} and "**Table 4 (k = 3) — tuning" in table
+    for method, name in (("G-Rerank", "g_rerank"), ("PDist", "pdist")):
+        tuning = tuned["tuning"][method]
+        assert tuning["points"] == demo.grid_points(demo.TUNING[name])
+        ems = [dev["em"] for dev in tuning["dev"]]
+        assert tuning["chosen"] == tuning["points"][ems.index(max(ems))]
+        assert tuned["chosen"][method] == other["chosen"][method] == tuning["chosen"]
+        assert f"| {method} | {demo.label(tuning['chosen'])} |" in table
+
+
+def test_grid_points_choice_and_labels():
+    axes = (("theta", (1.0, 0.1)), ("temperature_gold", (1.0, 0.1)))
+    assert demo.grid_points(axes) == [
+        {"theta": 1.0, "temperature_gold": 1.0}, {"theta": 1.0, "temperature_gold": 0.1},
+        {"theta": 0.1, "temperature_gold": 1.0}, {"theta": 0.1, "temperature_gold": 0.1}]
+    assert demo.choose([{"em": 0.5}, {"em": 0.7}, {"em": 0.7}]) == 1  # ties: the earlier
+    assert demo.label({"theta": 0.1, "temperature_gold": 1.0}) == "θ=0.1, T=1"
+    assert demo.TUNING["g_rerank"][0][1][0] == 0.5  # the paper's tau wins ties
+    # the same budget for every method: four trainings each
+    assert {len(demo.grid_points(axes)) for axes in demo.TUNING.values()} == {4}
+    objective = demo.objective_for("PDist", 3, {"theta": 0.1, "temperature_gold": 1.0})
+    assert (objective.name, objective.k, objective.theta, objective.temperature_gold) == (
+        "pdist", 3, 0.1, 1.0)
+
+
+def test_ceiling_recall_by_hand():
+    """Bridge first, then k - 1 of the m answer-like passages: gold Recall@k is
+    (1 + min(1, (k - 1) / m)) / 2 per question."""
+    from gumbel_jax.data.records import Passage, Record
+
+    def question(m):
+        roles = ["bridge", "answer", "trap"] + ["distractor"] * (m - 1)
+        roles += ["false_bridge"] * (10 - len(roles))
+        return Record("q", "Where ?", ("C",), tuple(Passage(r, r) for r in roles),
+                      {"roles": roles})
+
+    records = [question(3), question(7)]
+    assert demo.answer_like_counts(records).tolist() == [3, 7]
+    assert demo.ceiling_recall(records, 5) == pytest.approx(((1 + 1) / 2 + (1 + 4 / 7) / 2) / 2)
+    assert demo.ceiling_recall(records, 3) == pytest.approx(((1 + 2 / 3) / 2 + (1 + 2 / 7) / 2) / 2)
+
+
+def test_demo_world_varies_the_number_of_answer_like_passages():
+    """3 to 7 answer-like passages per question (the answer and 2-6 "born in" distractors),
+    so no k matches them all; the candidates stay 10 with every role present."""
+    from gumbel_jax.data.synthetic import make_records
+
+    records = make_records(demo.world_config(demo.DemoConfig()), 300, split_seed=1)
+    counts = demo.answer_like_counts(records)
+    assert set(counts.tolist()) == {3, 4, 5, 6, 7}
+    for record in records:
+        roles = record.metadata["roles"]
+        assert len(roles) == 10 and roles.count("bridge") == roles.count("trap") == 1
+        assert roles.count("false_bridge") >= 1
 
 
 def test_demo_rejects_bad_arguments(capsys):
@@ -103,22 +184,83 @@ def test_published_demo_tables_are_the_recorded_run():
     run's (a rerun that changes the numbers must update all three)."""
     results = json.loads((ROOT / "docs/demo/results.json").read_text())
     recorded = (ROOT / "docs/demo/results.md").read_text()
-    config = results["config"]
-    tables = demo.markdown_tables(results["methods"], results["reader"]["exact_match"],
-                                  config["k"], config["seeds"])
-    assert tables in recorded
-    assert f"— {results['timing_s']['total_s'] / 60:.1f} min" in recorded
+    assert recorded.startswith(demo.header(results) + demo.markdown_tables(results))
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Results on the synthetic world")[1].split("\n## ")[0]
     page = (ROOT / "docs/demo.md").read_text()
-    shown = _tables(section) + _tables(page)
-    assert len(_tables(section)) >= 1 and len(_tables(page)) >= 2
-    for table in shown:
+    # The demo's tables (the page's other tables are measurements of other runs, in prose)
+    demo_tables = [table for table in _tables(section) + _tables(page)
+                   if table.startswith(("| Method |", "| Reader reads |"))]
+    assert len(demo_tables) >= 5
+    for table in demo_tables:
         assert table in recorded, table
-    bridge = {method: 100 * stats["indirect_recall@5"]["mean"]
-              for method, stats in results["methods"].items()}
-    assert (f"bridge Recall@5 {bridge['EMDR']:.1f}% and {bridge['PDist']:.0f}%" in
-            " ".join(section.split()))
-    assert f"keeps it ({bridge['G-Rerank']:.1f}%)" in section
+    text = " ".join(section.split())
+    for k in results["config"]["ks"]:
+        methods = results["by_k"][str(k)]["methods"]
+        bridge = {method: 100 * stats[f"indirect_recall@{k}"]["mean"]
+                  for method, stats in methods.items()}
+        assert (f"k = {k}: G-Rerank {bridge['G-Rerank']:.1f}%, EMDR {bridge['EMDR']:.1f}%, "
+                f"PDist {bridge['PDist']:.1f}%") in text
     minutes = f"{results['timing_s']['total_s'] / 60:.1f}"
     assert f"about {minutes} minutes" in section and f"**{minutes} min**" in page
+
+
+
+def test_world_spread_is_validated_and_zero_keeps_the_fixed_world():
+    """A spread wider than the count, or more distractors than countries or candidates
+    allow, is refused; spread 0 keeps every question at num_born_distractors."""
+    from gumbel_jax.data.synthetic import WorldConfig, make_records, make_world
+
+    with pytest.raises(ValueError, match="born_distractors_spread=5"):
+        make_world(WorldConfig(num_born_distractors=4, born_distractors_spread=5))
+    with pytest.raises(ValueError, match="num_countries=5"):  # 4 + 2 distractors need 7
+        make_world(WorldConfig(num_countries=5, born_distractors_spread=2))
+    with pytest.raises(ValueError, match="room for bridge, answer, trap and the 8"):
+        make_world(WorldConfig(num_countries=9, num_born_distractors=6,
+                               born_distractors_spread=2))
+    fixed = make_records(WorldConfig(), 20)
+    assert {r.metadata["roles"].count("distractor") for r in fixed} == {4}
+
+@pytest.mark.slow
+def test_g_rerank_keeps_the_bridge_that_pdist_drops():
+    """The demo's claim at reduced size (issue 21): on the same frozen reader, G-Rerank's
+    held-out bridge Recall@5 is at least PDist's in every one of 3 seeds and beats it by at
+    least 10 points on their mean.
+
+    The demo's world and reader, 64 held-out questions, two methods, no tuning (G-Rerank at
+    tau = 1, PDist at theta = 1, T = 0.1: points of the demo's grid). It tests the mechanism
+    the demo is about, a per-passage target with a sharp temperature against the reader's
+    joint signal; it does not claim G-Rerank beats a tuned PDist (at the T = 1 the demo's
+    tuning chose, PDist kept the bridge in 92.0 +- 11.2% of questions). Why the per-seed
+    floor is robust: read alone, the bridge names no city, so PDist's target ranks it below
+    the 3-7 answer-like passages and keeps it only where they and the trap leave room in the
+    top 5 (about 21% of questions); G-Rerank's worst ranking seen is that same one. Why the
+    10-point margin is NOT robust by construction, and can fail on another machine: whether
+    G-Rerank keeps the bridge depends on the frozen reader, whose training ends in a
+    different function on each float path (docs/demo.md, "Why G-Rerank was unstable").
+    Measured mean margins at the demo's size, 2-4 seeds each: +26 here (8 host devices, as
+    the tests run), +75 with a 1-thread reader, but +1 to +7 with a fast-math reader trained
+    on at most 7 passages, where this test would fail. It is deterministic on a given
+    machine; a failure elsewhere reports that fragility, which the docs state.
+    """
+    config = demo.DemoConfig(num_eval=64, num_dev=8, seeds=3, ks=(5,), tune=False,
+                             methods=("G-Rerank", "PDist"))
+    train, _, held_out, tokenizer, featurize = demo.build_data(config)
+    train_examples = [featurize(record) for record in train]
+    held_out_examples = {record.id: featurize(record) for record in held_out}
+    from gumbel_jax.data.pipeline import stack_examples
+
+    eval_batch = stack_examples(list(held_out_examples.values()))
+    reader, _, _ = demo.train_reader_stage(config, train_examples, len(tokenizer))
+    trainer = demo.RankerTrainer(config, reader, tokenizer, train_examples, eval_batch)
+    settings = {"G-Rerank": {"tau": 1.0}, "PDist": {"theta": 1.0, "temperature_gold": 0.1}}
+    bridge = {method: [] for method in settings}
+    for method, point in settings.items():
+        for seed in range(config.seeds):
+            ranker, *_ = trainer.train(demo.objective_for(method, 5, point), seed, curve=False)
+            metrics, _ = trainer.evaluate(ranker, held_out, held_out_examples, 5)
+            bridge[method].append(metrics["indirect_recall@5"])
+    print(bridge)  # shown with -s: the measured margins
+    for g_rerank, pdist in zip(bridge["G-Rerank"], bridge["PDist"], strict=True):
+        assert g_rerank >= pdist, bridge
+    assert np.mean(bridge["G-Rerank"]) >= np.mean(bridge["PDist"]) + 0.10, bridge

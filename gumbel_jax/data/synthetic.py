@@ -8,7 +8,9 @@ A question asks "Where was the mentor of E born ?". Its candidates are
 * a **trap** about E itself, "E was born in C' .", which overlaps the question most,
 * distractors about other people: "P was born in C'' ." (the answer passage's relation, one
   city in each of the other countries) and "S studied under T ." (the bridge's relation
-  about someone else, saying nothing about where anyone was born).
+  about someone else, saying nothing about where anyone was born). The number of "born in"
+  distractors may vary per question (``born_distractors_spread``); the false bridges fill
+  the remaining candidates.
 
 Two kinds of knowledge: the world itself (which country each city lies in) is fixed, like a
 reader's general knowledge; the facts about people are drawn anew for every question, so a
@@ -21,9 +23,10 @@ one passage at a time rank it low. Read together with several "P was born in C" 
 the bridge is what tells the reader which of those cities is the answer (the only one in
 country X): its value exists jointly, which is what G-Rerank's mask over several passages
 measures. The answer passage does not mention the question's person, so a reranker that
-scores one passage at a time cannot tell it from the other "born in" passages either; the
-best top k holds the bridge and as many "born in" passages as fit. Deterministic given the
-seed.
+scores one passage at a time cannot tell it from the other "born in" distractors (the trap
+names the question's person, so it can be ruled out); the best top k holds the bridge and
+k - 1 of the m answer-like passages (the answer and its distractors), and keeps the answer
+with probability min(1, (k - 1) / m). Deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ class WorldConfig:
     num_countries: int = 5  # the cities are dealt round-robin into this many countries
     num_candidates: int = 10  # n: passages per question
     num_born_distractors: int = 4  # "P was born in C" passages about other people
+    # Each question draws its number of born-in distractors uniformly from
+    # num_born_distractors ± spread (0: always num_born_distractors), so the number of
+    # answer-like passages is not the same for every question (nor tied to any k).
+    born_distractors_spread: int = 0
     seed: int = 0
 
 
@@ -71,17 +78,21 @@ class World:
 
 
 def make_world(config: WorldConfig) -> World:
-    false_bridges = config.num_candidates - 3 - config.num_born_distractors
-    if false_bridges < 0:
+    fewest_born = config.num_born_distractors - config.born_distractors_spread
+    most_born = config.num_born_distractors + config.born_distractors_spread
+    if config.born_distractors_spread < 0 or fewest_born < 0:
+        raise ValueError(f"born_distractors_spread={config.born_distractors_spread}: must be "
+                         f"in [0, num_born_distractors={config.num_born_distractors}]")
+    false_bridges = config.num_candidates - 3 - fewest_born  # the most a question can have
+    if config.num_candidates - 3 - most_born < 0:
         raise ValueError("num_candidates must leave room for bridge, answer, trap and the "
-                         f"{config.num_born_distractors} born-in distractors")
-    if config.num_people < 2 + config.num_born_distractors + 2 * false_bridges:
+                         f"{most_born} born-in distractors")
+    if config.num_people < 2 + fewest_born + 2 * false_bridges:
         raise ValueError(f"num_people={config.num_people} is too few for "
                          f"{config.num_candidates} candidates about distinct people")
-    if config.num_countries < 1 + config.num_born_distractors:
+    if config.num_countries < 1 + most_born:
         raise ValueError(f"num_countries={config.num_countries}: need one for the answer and "
-                         f"one for each of the {config.num_born_distractors} born-in "
-                         "distractors")
+                         f"one for each of the {most_born} born-in distractors")
     if config.num_cities < 2 * config.num_countries:
         raise ValueError(f"num_cities={config.num_cities}: need >= 2 per country "
                          f"({config.num_countries} countries)")
@@ -101,6 +112,9 @@ def make_question(world: World, config: WorldConfig, rng: np.random.Generator,
     """One question with its own facts; ``metadata["roles"]`` names each passage's role."""
     people, cities, countries = world.people, world.cities, world.countries
     num_born = config.num_born_distractors
+    if config.born_distractors_spread:  # no draw otherwise: fixed-count worlds keep their data
+        spread = config.born_distractors_spread
+        num_born += int(rng.integers(-spread, spread + 1))
     num_false = config.num_candidates - 3 - num_born
     chosen = [people[i] for i in
               rng.choice(len(people), size=2 + num_born + 2 * num_false, replace=False)]
