@@ -31,6 +31,10 @@ def gcs(monkeypatch, tmp_path):
     import gcsfs
     from etils.epath import backend
 
+    # The emulator serves one request at a time from a listen queue of 5 (http.server's
+    # default); TensorStore opens many connections at once, and the refused ones came back
+    # as "Malformed StorageGeneration" on OCDBT's manifest now and then. Let them queue.
+    monkeypatch.setattr(emulator.server.HTTPServer, "request_queue_size", 1024)
     port = _free_port()
     server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
