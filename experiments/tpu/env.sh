@@ -154,15 +154,16 @@ check_workdir() {  # the run folder exists as a setting and survives what it mus
   fi
 }
 
-table_batch() {  # the global batch of a table's configs (experiments/paper.py DATASETS)
+table_batch() {  # the global batches of a table's configs (experiments/paper.py), spaced
   case "$1" in
     nq | triviaqa) echo 8 ;;
     hotpotqa | hotpotqa_indirect | musique | 2wiki | bge | ablations) echo 32 ;;
+    cepe) echo "8 2" ;;  # its HotpotQA rows (8 x 10 contexts) and NQ rows (2 x 100)
     *) echo "" ;;
   esac
 }
 
-ALL_TABLES="hotpotqa hotpotqa_indirect musique 2wiki bge nq triviaqa ablations"
+ALL_TABLES="hotpotqa hotpotqa_indirect musique 2wiki bge nq triviaqa cepe ablations"
 
 mesh_batch_shards() {  # mesh_batch_shards DATA,FSDP,TENSOR: data x fsdp on this slice's devices
   local data fsdp tensor rest known
@@ -192,18 +193,19 @@ check_batches() {  # check_batches TABLE MESH [BATCH]: each table's global batch
   fi
   if [ "$table" = all ]; then tables=$ALL_TABLES; else tables=$table; fi
   for name in $tables; do
-    batch=${override:-$(table_batch "$name")}
-    if [ -z "$batch" ] || [ $((batch % shards)) = 0 ]; then continue; fi
-    bad=1
-    common=$(gcd "$batch" "$DEVICES")
-    tensor=$((DEVICES / common))
-    larger=$((batch * shards / $(gcd "$batch" "$shards")))
-    echo "error: table $name: its global batch $batch does not split over the $shards batch shards" \
-         "(data x fsdp) of mesh $mesh on $ACCELERATOR ($DEVICES devices). Either keep the" \
-         "paper's batch and split each model over $tensor chips (tensor parallel):" \
-         "MESH=-1,1,$tensor bash experiments/tpu/launch.sh $name ...; or change the batch" \
-         "(not the paper's setting): bash experiments/tpu/launch.sh $name ..." \
-         "--set data.batch_size=$larger" >&2
+    for batch in ${override:-$(table_batch "$name")}; do
+      if [ $((batch % shards)) = 0 ]; then continue; fi
+      bad=1
+      common=$(gcd "$batch" "$DEVICES")
+      tensor=$((DEVICES / common))
+      larger=$((batch * shards / $(gcd "$batch" "$shards")))
+      echo "error: table $name: its global batch $batch does not split over the $shards batch shards" \
+           "(data x fsdp) of mesh $mesh on $ACCELERATOR ($DEVICES devices). Either keep the" \
+           "paper's batch and split each model over $tensor chips (tensor parallel):" \
+           "MESH=-1,1,$tensor bash experiments/tpu/launch.sh $name ...; or change the batch" \
+           "(not the paper's setting): bash experiments/tpu/launch.sh $name ..." \
+           "--set data.batch_size=$larger" >&2
+    done
   done
   if [ "$bad" = 1 ]; then
     if [ "$table" = all ]; then echo "(launch the other tables with 'all' replaced by their names)" >&2; fi

@@ -21,7 +21,10 @@ echo "mesh=$MESH"
 echo "python=$PYTHON_VERSION"
 SHARDS=$(mesh_batch_shards "$MESH") || die "mesh $MESH does not fit the $DEVICES devices of $ACCELERATOR"
 for table in $ALL_TABLES; do
-  batch=$(table_batch "$table")
-  if [ $((batch % SHARDS)) = 0 ]; then fit=ok; else fit="does not split over $SHARDS shards"; fi
-  echo "batch_$table=$batch ($fit)"
+  fit=ok
+  for batch in $(table_batch "$table"); do
+    if [ $((batch % SHARDS)) != 0 ]; then fit="does not split over $SHARDS shards"; fi
+  done
+  batches=$(table_batch "$table")
+  echo "batch_$table=${batches// /,} ($fit)"
 done
