@@ -128,10 +128,10 @@ def record_choice(workdir: pathlib.Path, run: str, cells: list[TuneCell],
     cells = [c for c in cells if c.run == run]
     evaluations = []
     for cell in cells:
-        path = workdir / cell.name / "eval.json"
-        if not path.is_file():
+        text = run_folder.read_text(workdir / cell.name / "eval.json")
+        if text is None:
             return None
-        evaluations.append(json.loads(path.read_text()))
+        evaluations.append(json.loads(text))
     metric = cells[0].metric
     missing = [c.name for c, e in zip(cells, evaluations, strict=True) if metric not in e]
     if missing:
@@ -148,13 +148,14 @@ def record_choice(workdir: pathlib.Path, run: str, cells: list[TuneCell],
     return record
 
 
-def read_choice(run_folder: pathlib.Path) -> dict | None:
+def read_choice(folder: pathlib.Path) -> dict | None:
     """The run's ``tuning.json`` (its ``chosen`` values and grid), or None if not tuned."""
-    path = run_folder / TUNING_FILE
-    if not path.is_file():
+    path = folder / TUNING_FILE
+    text = run_folder.read_text(path)
+    if text is None:
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 
