@@ -25,11 +25,17 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt requirements-weights.txt
 demo: $(VENV)/.runtime
 	$(BIN)/python -m experiments.demo
 
+# One pytest-xdist worker per core; a test file stays on one worker, so a module's shared
+# fixtures (the tiny grid, the demo runs) are built once. Workers share one compilation cache
+# (tests/conftest.py).
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+
 test: $(VENV)/.test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: $(VENV)/.test
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 # Mutation testing (mutmut, configured in pyproject.toml [tool.mutmut]) of the modules where a
 # silent bug costs most, against the fast tests that cover them. Not part of `test` or CI:
@@ -38,7 +44,8 @@ test-fast: $(VENV)/.test
 MUTATION_JOBS ?= 2
 mutation: $(VENV)/.test
 	rm -rf mutants
-	$(BIN)/python -m mutmut run --max-children $(MUTATION_JOBS)
+	GUMBEL_JAX_TEST_CACHE_DIR=$(CURDIR)/mutants/xla-cache \
+		$(BIN)/python -m mutmut run --max-children $(MUTATION_JOBS)
 	$(BIN)/python -m mutmut results --all true
 
 lint: $(VENV)/.test

@@ -17,7 +17,16 @@ if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
 # another jit wrapper (resumed runs, the grid's cells, the CLI's subprocesses, which inherit
 # these variables) are read back instead of recompiled. Fresh per run, so a test never
 # depends on an earlier run's cache. Set as variables so subprocesses share it.
-_CACHE_DIR = tempfile.mkdtemp(prefix="gumbel-jax-test-xla-cache-")
+# The process that creates the folder owns it and removes it at the end. A process that
+# inherits GUMBEL_JAX_TEST_CACHE_DIR uses that folder and leaves it: pytest-xdist's workers
+# (started by the owning main process, so the workers share what either compiled) and
+# `make mutation`'s mutant runs (one folder for all mutants, under mutants/).
+_CACHE_VARIABLE = "GUMBEL_JAX_TEST_CACHE_DIR"
+_OWNS_CACHE = not os.environ.get(_CACHE_VARIABLE)
+if _OWNS_CACHE:
+    os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="gumbel-jax-test-xla-cache-")
+_CACHE_DIR = os.environ[_CACHE_VARIABLE]
+os.makedirs(_CACHE_DIR, exist_ok=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
@@ -31,7 +40,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+    if _OWNS_CACHE:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 def _has_gpu() -> bool:

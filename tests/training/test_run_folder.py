@@ -16,6 +16,8 @@ emulator = pytest.importorskip("gcp_storage_emulator.server",
                                reason="gcp-storage-emulator (requirements-test.txt)")
 pytest.importorskip("gcsfs", reason="gcsfs: epath's gs:// backend (requirements-test.txt)")
 
+emulator_objects = pytest.importorskip("gcp_storage_emulator.handlers.objects")
+
 BUCKET = "gj-test"
 
 
@@ -25,6 +27,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _reports_generations(download):
+    """The emulator's object read, made to answer as GCS does: the object's generation in
+    ``x-goog-generation``, and 304 Not Modified for ``ifGenerationNotMatch`` naming it.
+
+    TensorStore revalidates a cached OCDBT manifest with exactly that conditional read once
+    the cache entry is old enough (so only on busy cores: with two test workers, or under
+    load). The emulator sent the whole object without a generation, and the checkpoint
+    failed with "Malformed StorageGeneration"."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator.exceptions import NotFound
+
+    def read(request, response, storage, *args, **kwargs):
+        try:
+            generation = storage.get_file_obj(request.params["bucket_name"],
+                                              request.params["object_id"])["generation"]
+        except NotFound:
+            return download(request, response, storage, *args, **kwargs)
+        response["x-goog-generation"] = generation
+        if request.query.get("ifGenerationNotMatch", [None])[0] == generation:
+            response.status = HTTPStatus.NOT_MODIFIED
+            return None
+        return download(request, response, storage, *args, **kwargs)
+
+    return read
+
+
 @pytest.fixture
 def gcs(monkeypatch, tmp_path):
     """An in-memory GCS on 127.0.0.1 with one bucket; both clients pointed at it."""
@@ -32,8 +61,7 @@ def gcs(monkeypatch, tmp_path):
     from etils.epath import backend
 
     # The emulator serves one request at a time from a listen queue of 5 (http.server's
-    # default); TensorStore opens many connections at once, and the refused ones came back
-    # as "Malformed StorageGeneration" on OCDBT's manifest now and then. Let them queue.
+    # default); TensorStore opens many connections at once. Let them queue.
     monkeypatch.setattr(emulator.server.HTTPServer, "request_queue_size", 1024)
     port = _free_port()
     server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
@@ -42,6 +70,8 @@ def gcs(monkeypatch, tmp_path):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs
     monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", url)  # orbax's arrays
     monkeypatch.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "unused")  # TensorStore skips auth
+    monkeypatch.setattr(emulator_objects, "download",
+                        _reports_generations(emulator_objects.download))
     monkeypatch.chdir(tmp_path)  # a file written locally by mistake would land here
 
     def forget_clients():  # cached file systems remember the endpoint
