@@ -159,3 +159,54 @@ def test_gumbel_softmax_gradients_float64(float64):
     where = jnp.array([[True, True, True, False]])
     check_grads(lambda x: ops.gumbel_softmax(key, x, tau=0.7, where=where), (logits,),
                 order=1, modes=("fwd", "rev"))
+
+
+def _np_gumbel_softmax(logits, noise, valid, tau):
+    """float64 numpy transcription of the definition: softmax((logits + G) / tau) over a row's
+    valid candidates, 0 elsewhere; the hard sample is the one-hot of argmax(logits + G)."""
+    logits, noise = np.asarray(logits, np.float64), np.asarray(noise, np.float64)
+    perturbed = np.where(valid, (logits + noise) / tau, -np.inf)
+    soft, hard = np.zeros_like(perturbed), np.zeros_like(perturbed)
+    for index in np.ndindex(perturbed.shape[:-1]):
+        row = valid[index]
+        if row.any():
+            soft[index][row] = special.softmax(perturbed[index][row])
+            hard[index][np.argmax(perturbed[index])] = 1.0
+    return soft, hard
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gumbel_softmax_equals_its_definition_over_the_last_axis(dtype):
+    """Three axes (candidates last, the middle axis shorter), a mask with a fully masked row,
+    the default temperature (1) and another: values against the definition in float64 with the
+    documented noise ``sample_gumbel(key, logits.shape)``, in the dtype of the logits."""
+    key = jax.random.key(5)
+    logits = jnp.asarray(jax.random.normal(jax.random.key(6), (2, 3, 5)) * 2.0, dtype)
+    valid = np.ones((2, 3, 5), bool)
+    valid[0, 1, [1, 3]] = False
+    valid[1, 2] = False
+    valid[1, 0, 4] = False
+    noise = ops.sample_gumbel(key, (2, 3, 5))
+    for tau, kwargs in ((1.0, {}), (0.3, {"tau": 0.3})):
+        soft_expected, hard_expected = _np_gumbel_softmax(logits, noise, valid, tau)
+        soft = ops.gumbel_softmax(key, logits, where=jnp.asarray(valid), **kwargs)
+        hard = ops.gumbel_softmax(key, logits, hard=True, where=jnp.asarray(valid), **kwargs)
+        assert soft.dtype == dtype and hard.dtype == dtype
+        atol = 1e-5 if dtype == jnp.float32 else 1e-2  # bfloat16 rounds the output (2^-8)
+        np.testing.assert_allclose(np.asarray(soft, np.float64), soft_expected, atol=atol)
+        np.testing.assert_array_equal(np.asarray(hard, np.float64), hard_expected)
+
+
+def test_gumbel_softmax_checks_its_arguments():
+    """Errors name the argument: logits without a candidate axis, a ``where`` of another shape
+    (even one that would broadcast), a temperature that is not > 0."""
+    key = jax.random.key(0)
+    logits = jnp.zeros((2, 4))
+    with pytest.raises(ValueError, match="^logits must have at least one axis"):
+        ops.gumbel_softmax(key, jnp.float32(1.0))
+    shape_error = r"^where must have the shape of logits: expected \(2, 4\)"
+    with pytest.raises(ValueError, match=shape_error):
+        ops.gumbel_softmax(key, logits, where=jnp.array([True, True, False, True]))
+    for tau in (0.0, -1.0, 0):
+        with pytest.raises(ValueError, match="^tau must be > 0"):
+            ops.gumbel_softmax(key, logits, tau=tau)
