@@ -223,6 +223,46 @@ def test_kl_reduction_with_padded_candidates_counts_them_as_zero_terms():
     np.testing.assert_allclose(ours, terms / 10, rtol=1e-5)
 
 
+
+def test_the_kl_objectives_without_settings_use_atlas_temperatures():
+    """PDist, LOOP and ADist called without theta / temperature_gold use Atlas's 0.01 and
+    0.01 (the configs' defaults): against Atlas's kldivloss at those temperatures, on hand-made
+    inputs whose softmaxes at 0.01 are far from both uniform and one-hot."""
+    scores = np.array([[0.01, 0.0, -0.02]])
+    valid = jnp.ones((1, 3), bool)
+    s32 = jnp.asarray(scores, jnp.float32)
+    # PDist: mean log-probability of the answer's 2 real tokens (the third is padding).
+    per_doc = np.array([[[-0.01, -0.03, 5.0], [-0.04, -0.02, 5.0], [0.0, -0.01, 5.0]]])
+    answer_mask = jnp.array([[True, True, False]])
+    pdist = objectives.pdist_loss(s32, jnp.asarray(per_doc, jnp.float32), answer_mask, valid)
+    gold_means = np.array([[-0.02, -0.03, -0.005]])
+    np.testing.assert_allclose(pdist, atlas_kldivloss(scores, gold_means, 0.01, 0.01),
+                               rtol=1e-4)
+    losses = np.array([[0.02, 0.0, 0.01]])
+    loop = objectives.loop_loss(s32, jnp.asarray(losses, jnp.float32), valid)
+    np.testing.assert_allclose(loop, atlas_kldivloss(scores, losses, 0.01, 0.01), rtol=1e-4)
+    attention = np.array([[2.56, 0.0, 5.12]])  # evalnormsum g = attention / 256
+    adist = objectives.adist_loss(s32, jnp.asarray(attention, jnp.float32), valid)
+    np.testing.assert_allclose(adist, atlas_kldivloss(scores, attention / 256, 0.01, 0.01),
+                               rtol=1e-4)
+
+
+def test_adist_attention_mass_of_exactly_zero_is_a_zero_target():
+    """A real passage whose attention mass underflowed to exactly 0 (float32 / bfloat16
+    attention) gets target probability 0, a KL term of 0 (0 log 0 = 0), never NaN."""
+    scores = np.array([[0.3, -0.2, 0.5, 0.0]])
+    valid = np.array([[True, True, True, False]])
+    mass = np.array([[0.25, 0.0, 0.75, 0.0]])
+    for reduction, divisor in (("atlas", 4), ("per_question", 1)):
+        ours = objectives.adist_loss(jnp.asarray(scores, jnp.float32),
+                                     jnp.asarray(mass, jnp.float32), jnp.asarray(valid),
+                                     theta=0.5, adist_signal="attention_mass",
+                                     reduction=reduction)
+        target = mass[0, :3]
+        predicted = special.log_softmax(scores[0, :3] / 0.5)
+        expected = (special.xlogy(target, target) - target * predicted).sum() / divisor
+        np.testing.assert_allclose(ours, expected, rtol=1e-5)
+
 @pytest.fixture(scope="module")
 def attention_case():
     """Fixed cross-attention probabilities and value norms: 2 layers, 2 questions, 3 heads,
