@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import special
 
 from gumbel_jax.models.attention import document_masked_attention
 
@@ -54,6 +55,25 @@ def test_doc_weights_are_the_attention_mass_per_document():
     expected = probs.reshape(*probs.shape[:-1], 4, 5).sum(-1)
     np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-6)
 
+
+
+def test_blockwise_bfloat16_logits_accumulate_in_float32():
+    """bfloat16 queries and keys with logits of order 10: the document weights (float32)
+    equal a float64 softmax over all keys of the same bfloat16 inputs to 1e-4, which needs
+    the logits accumulated and kept in float32 (rounded to bfloat16, a logit near 10 is off
+    by up to 0.03, a probability by up to 3%)."""
+    q, k, v, log_mask, valid = _problem(jnp.bfloat16)
+    _, weights = document_masked_attention(q, k, v, log_mask, valid, method="blockwise",
+                                           scale=4.0, return_doc_weights=True)
+    assert weights.dtype == jnp.float32
+    q64, k64 = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    logits = np.einsum("bqhd,bkhd->bhqk", q64, k64) * 4.0
+    assert np.abs(logits).max() > 10
+    bias = np.repeat(np.asarray(log_mask, np.float64), 5, axis=-1)[:, None, None]
+    keys_valid = np.asarray(valid)[:, None, None]
+    probs = special.softmax(np.where(keys_valid, logits + bias, -np.inf), axis=-1)
+    expected = probs.reshape(*probs.shape[:-1], 4, 5).sum(-1)
+    np.testing.assert_allclose(weights, expected, atol=1e-4)
 
 def test_bfloat16_is_finite_and_close_to_float32():
     problem32 = _problem(jnp.float32)
