@@ -66,6 +66,8 @@ def test_blockwise_bfloat16_logits_accumulate_in_float32():
     _, weights = document_masked_attention(q, k, v, log_mask, valid, method="blockwise",
                                            scale=4.0, return_doc_weights=True)
     assert weights.dtype == jnp.float32
+    out = document_masked_attention(q, k, v, log_mask, valid, method="blockwise", scale=4.0)
+    assert out.dtype == jnp.bfloat16  # the values' dtype, as the bias path returns
     q64, k64 = np.asarray(q, np.float64), np.asarray(k, np.float64)
     logits = np.einsum("bqhd,bkhd->bhqk", q64, k64) * 4.0
     assert np.abs(logits).max() > 10
@@ -74,6 +76,53 @@ def test_blockwise_bfloat16_logits_accumulate_in_float32():
     probs = special.softmax(np.where(keys_valid, logits + bias, -np.inf), axis=-1)
     expected = probs.reshape(*probs.shape[:-1], 4, 5).sum(-1)
     np.testing.assert_allclose(weights, expected, atol=1e-4)
+
+
+def _np_attention(q, k, v, log_mask, valid, scale, keep=None, rate=0.0):
+    """float64 numpy: one softmax over all keys with each document's log mask (capped at 0)
+    added to its keys' logits; ``keep`` [batch, heads, queries, keys] drops probabilities
+    (inverted dropout). Returns the output and the attention mass per document (before
+    dropout)."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    docs = log_mask.shape[-1]
+    doc_len = k.shape[1] // docs
+    bias = np.repeat(np.minimum(np.asarray(log_mask, np.float64), 0.0), doc_len, axis=-1)
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) * scale + bias[:, None, None]
+    probs = special.softmax(np.where(np.asarray(valid)[:, None, None], logits, -np.inf), -1)
+    mass = probs.reshape(*probs.shape[:-1], docs, doc_len).sum(-1)
+    if keep is not None:
+        probs = np.where(keep, probs / (1.0 - rate), 0.0)
+    return np.einsum("bhqk,bkhd->bqhd", probs, v), mass
+
+
+def test_blockwise_dropout_and_log_mask_cap_against_one_softmax():
+    """Blockwise attention with dropout drops the probabilities of the documented mask (one
+    Bernoulli(1 - rate) draw over [batch, heads, queries, keys] from the key), returns the
+    document masses before dropout, and caps a positive log mask at 0 (subset_topk's masks
+    can exceed 0): against float64 numpy."""
+    q, k, v, log_mask, valid = _problem()
+    log_mask = log_mask.at[0, 1].set(0.7).at[1, 2].set(1.5)
+    dropout_key, rate = jax.random.key(9), 0.3
+    out, weights = document_masked_attention(q, k, v, log_mask, valid, method="blockwise",
+                                             scale=0.35, return_doc_weights=True,
+                                             dropout_key=dropout_key, dropout_rate=rate)
+    keep = np.asarray(jax.random.bernoulli(dropout_key, 1.0 - rate, (2, 2, 3, 20)))
+    assert 0.5 < keep.mean() < 0.9
+    expected_out, expected_mass = _np_attention(q, k, v, log_mask, valid, 0.35, keep, rate)
+    np.testing.assert_allclose(out, expected_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(weights, expected_mass, rtol=1e-5, atol=1e-6)
+
+
+def test_value_weighted_statistic_counts_padding_keys_as_zero():
+    """A question whose keys are all padding (a batch's padding row) has a value-weighted
+    statistic of 0 for every document: padding keys count 0."""
+    q, k, v, log_mask, valid = _problem()
+    valid = valid.at[0].set(False)
+    _, statistic = document_masked_attention(q, k, v, log_mask, valid, method="blockwise",
+                                             scale=0.35, return_doc_weights=True,
+                                             weight_by_value_norm=True)
+    assert np.all(np.asarray(statistic[0]) == 0)
+    assert np.all(np.asarray(statistic[1]).sum(-1) > 0)
 
 def test_bfloat16_is_finite_and_close_to_float32():
     problem32 = _problem(jnp.float32)
