@@ -210,3 +210,10 @@ def test_gumbel_softmax_checks_its_arguments():
     for tau in (0.0, -1.0, 0):
         with pytest.raises(ValueError, match="^tau must be > 0"):
             ops.gumbel_softmax(key, logits, tau=tau)
+
+
+def test_gumbel_topk_checks_the_shape_of_where():
+    """A ``where`` that would broadcast against the scores is an error, not a silent mask."""
+    scores = jnp.zeros((2, 4))
+    with pytest.raises(ValueError, match=r"^where must have the shape of scores: expected"):
+        ops.gumbel_topk(jax.random.key(0), scores, 2, where=jnp.array([True, True, False, True]))
