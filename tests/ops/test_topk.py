@@ -70,6 +70,23 @@ def test_subset_topk_equals_the_definition(tau, kappa, k):
     np.testing.assert_allclose(mask, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_relaxations_without_settings_use_the_papers_tau_and_kappa():
+    """Called without ``tau`` / ``kappa``, the three relaxations are their definitions at the
+    paper's tau = 0.5 and kappa = 1 (float64 numpy on the documented noise)."""
+    key, k = jax.random.key(2), 3
+    noise = ops.sample_gumbel(key, (k, *SCORES.shape))
+    expected = _numpy_relaxed_topk(SCORES, noise, tau=0.5, kappa=1.0, valid=WHERE)
+    np.testing.assert_allclose(ops.relaxed_topk(key, SCORES, k, where=WHERE), expected,
+                               rtol=1e-5, atol=1e-7)
+    log_mask = np.asarray(ops.log_relaxed_topk(key, SCORES, k, where=WHERE))
+    valid = np.asarray(WHERE)
+    np.testing.assert_allclose(log_mask[valid], np.log(expected[valid]), rtol=1e-5, atol=1e-6)
+    subset_noise = ops.sample_gumbel(key, SCORES.shape)
+    subset = _numpy_subset_topk(SCORES, subset_noise, k, tau=0.5, kappa=1.0, valid=WHERE)
+    np.testing.assert_allclose(ops.subset_topk(key, SCORES, k, where=WHERE), subset,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_relaxed_topk_is_permutation_equivariant_with_the_same_noise():
     noise = ops.sample_gumbel(jax.random.key(2), (3, *SCORES.shape))
     permutation = jnp.array([4, 0, 5, 2, 1, 3])
@@ -222,6 +239,9 @@ def test_argument_errors_are_clear():
         ops.subset_topk(key, SCORES, 2, tau=0.0)
     with pytest.raises(ValueError, match=r"where must have the shape of scores: expected \(2, 6\)"):
         ops.relaxed_topk(key, SCORES, 2, where=WHERE[:, :3])
+    for op in (ops.log_relaxed_topk, ops.subset_topk):  # a where that would broadcast
+        with pytest.raises(ValueError, match="where must have the shape of scores"):
+            op(key, SCORES, 2, where=WHERE[0])
     with pytest.raises(ValueError, match="at least one axis"):
         ops.topk_mask(jnp.float32(1.0), 1)
     with pytest.raises(ValueError, match="floating point"):
