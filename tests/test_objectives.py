@@ -188,3 +188,27 @@ def test_library_defaults_are_the_configs():
         for name, parameter in inspect.signature(function).parameters.items():
             if parameter.default is not inspect.Parameter.empty and hasattr(defaults, name):
                 assert parameter.default == getattr(defaults, name), (function.__name__, name)
+
+
+class _LogMaskReader:
+    """A stand-in reader whose per-token log-probability is the sum of the log mask it is
+    given (every answer token alike): the loss then reads the mask directly, no model."""
+
+    def token_log_probs(self, memory, answer_ids, answer_mask, log_mask):
+        return jnp.where(answer_mask, log_mask.sum(-1, keepdims=True), 0.0)
+
+
+def test_g_rerank_without_tau_and_kappa_uses_the_papers_settings():
+    """g_rerank_loss without ``tau`` / ``kappa`` is its definition at the paper's tau = 0.5,
+    kappa = 1: minus the mean over questions of sum_i max_j log softmax((w + G_j) / 0.5)_i,
+    float64 numpy on the documented noise ``sample_gumbel(key, (k, *scores.shape))``."""
+    from scipy import special
+
+    key, k = jax.random.key(8), 2
+    scores = jnp.array([[0.9, -0.4, 0.3, 1.6], [0.2, 0.1, -1.2, 0.5]])
+    answer_mask = jnp.array([[True, True, False], [True, True, True]])
+    loss = g_rerank_loss(key, scores, _LogMaskReader(), None, jnp.zeros((2, 3), jnp.int32),
+                         answer_mask, candidate_valid=jnp.ones((2, 4), bool), k=k)
+    noise = np.asarray(ops.sample_gumbel(key, (k, 2, 4)), np.float64)
+    log_mask = special.log_softmax((np.asarray(scores, np.float64) + noise) / 0.5, -1).max(0)
+    np.testing.assert_allclose(loss, -log_mask.sum(-1).mean(), rtol=1e-5)

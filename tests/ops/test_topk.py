@@ -262,6 +262,9 @@ def test_argument_errors_are_clear():
     for op in (ops.log_relaxed_topk, ops.subset_topk):  # a where that would broadcast
         with pytest.raises(ValueError, match="where must have the shape of scores"):
             op(key, SCORES, 2, where=WHERE[0])
+    for op in (ops.relaxed_topk, ops.log_relaxed_topk):
+        with pytest.raises(ValueError, match="^tau must be > 0"):
+            op(key, SCORES, 2, tau=-0.5)
     with pytest.raises(ValueError, match="at least one axis"):
         ops.topk_mask(jnp.float32(1.0), 1)
     with pytest.raises(ValueError, match="floating point"):
