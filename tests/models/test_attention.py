@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from scipy import special
 
-from gumbel_jax.models.attention import document_masked_attention
+from gumbel_jax.models.attention import document_masked_attention, padding_bias
+
+# The lowest finite values: float32 -(2 - 2^-23) 2^127, bfloat16 -(2 - 2^-7) 2^127.
+LOWEST = [(jnp.float32, -(2 - 2**-23) * 2.0**127), (jnp.bfloat16, -(2 - 2**-7) * 2.0**127)]
 
 
 def _problem(dtype=jnp.float32, batch=2, queries=3, docs=4, doc_len=5, heads=2, dim=8):
@@ -166,3 +169,14 @@ def test_cudnn_is_used_only_where_its_fused_kernel_supports_the_shape():
     assert kernel(256, 256, dim=12) == "xla"
     assert supported_kernel("xla", None, None, has_bias=True) == "xla"
     assert supported_kernel(None, None, None, has_bias=True) is None
+
+
+@pytest.mark.parametrize(("dtype", "lowest"), LOWEST)
+def test_padding_bias_is_zero_or_the_mask_value_in_the_dtype_asked(dtype, lowest):
+    """[batch, keys] -> [batch, 1, 1, keys]: exactly 0 on real keys, half the dtype's lowest
+    finite value on padding."""
+    bias = padding_bias(jnp.array([[True, False, True], [False, False, True]]), dtype)
+    assert bias.shape == (2, 1, 1, 3) and bias.dtype == dtype
+    half_lowest = lowest / 2
+    expected = np.array([[0.0, half_lowest, 0.0], [half_lowest, half_lowest, 0.0]])
+    np.testing.assert_array_equal(np.asarray(bias, np.float64)[:, 0, 0], expected)

@@ -8,6 +8,9 @@ from jax.test_util import check_grads
 
 from gumbel_jax import ops
 
+# The lowest finite values: float32 -(2 - 2^-23) 2^127, bfloat16 -(2 - 2^-7) 2^127.
+LOWEST = [(jnp.float32, -(2 - 2**-23) * 2.0**127), (jnp.bfloat16, -(2 - 2**-7) * 2.0**127)]
+
 
 def _reference_bias(doc_log_mask, key_doc_ids, key_valid):
     """Per-key loop over the definition."""
@@ -88,3 +91,17 @@ def test_mask_to_log_mask_and_bias_gradients_float64(float64):
     ids = jnp.array([0, 1, 1, 2, 2, 2])
     check_grads(lambda m: ops.document_bias(m, ids), (jnp.log(positive),), order=1,
                 modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize(("dtype", "lowest"), LOWEST)
+def test_mask_to_log_mask_maps_zeros_to_the_finite_mask_value(dtype, lowest):
+    """Zeros become half the dtype's lowest finite value, never -inf; positive entries their
+    log, in the mask's dtype."""
+    log_mask = ops.mask_to_log_mask(jnp.array([[1.0, 0.0, 0.5], [0.0, 0.0, 2.0]], dtype))
+    assert log_mask.dtype == dtype
+    values = np.asarray(log_mask, np.float64)
+    half_lowest = lowest / 2
+    assert np.isfinite(values).all()
+    np.testing.assert_array_equal(values[[0, 1, 1], [1, 0, 1]], half_lowest)
+    np.testing.assert_allclose(values[[0, 0, 1], [0, 2, 2]], np.log([1.0, 0.5, 2.0]),
+                               rtol=2**-8)
