@@ -212,3 +212,29 @@ def test_g_rerank_without_tau_and_kappa_uses_the_papers_settings():
     noise = np.asarray(ops.sample_gumbel(key, (k, 2, 4)), np.float64)
     log_mask = special.log_softmax((np.asarray(scores, np.float64) + noise) / 0.5, -1).max(0)
     np.testing.assert_allclose(loss, -log_mask.sum(-1).mean(), rtol=1e-5)
+
+
+def test_raw_uint32_keys_one_for_the_batch_or_one_per_question():
+    """Legacy ``jax.random.PRNGKey`` keys: a ``[2]`` key draws the batch's noise at once, a
+    ``[batch, 2]`` array gives question b the noise of its own key; against float64 numpy on
+    the documented noise ``sample_gumbel(key, (k, *scores.shape))``."""
+    from scipy import special
+
+    k, tau = 2, 0.5
+    scores = jnp.array([[0.9, -0.4, 0.3, 1.6], [0.2, 0.1, -1.2, 0.5]])
+    valid = jnp.ones((2, 4), bool)
+
+    def definition(key, rows):
+        noise = np.asarray(ops.sample_gumbel(key, (k, *rows.shape)), np.float64)
+        return special.log_softmax((np.asarray(rows, np.float64) + noise) / tau, -1).max(0)
+
+    one = jax.random.PRNGKey(6)
+    np.testing.assert_allclose(
+        document_log_mask(one, scores, k, tau=tau, kappa=1.0, candidate_valid=valid),
+        definition(one, scores), rtol=1e-5, atol=1e-6)
+    per_question = jax.random.split(jax.random.PRNGKey(7), 2)
+    assert per_question.shape == (2, 2) and per_question.dtype == jnp.uint32
+    mask = document_log_mask(per_question, scores, k, tau=tau, kappa=1.0, candidate_valid=valid)
+    for b in range(2):
+        np.testing.assert_allclose(mask[b], definition(per_question[b], scores[b]), rtol=1e-5,
+                                   atol=1e-6)
