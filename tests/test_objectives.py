@@ -238,3 +238,49 @@ def test_raw_uint32_keys_one_for_the_batch_or_one_per_question():
     for b in range(2):
         np.testing.assert_allclose(mask[b], definition(per_question[b], scores[b]), rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_ablation_relaxations_use_the_tau_and_kappa_given():
+    """``subset``, ``no_noise`` and ``straight_through`` at tau = 0.3, kappa = 1.7 against
+    float64 numpy definitions on the documented noise: the subset mask's log, the masked
+    log-softmax of kappa w / tau (padding at the finite mask value), and the straight-through
+    gradient (the relaxed mask's, by central differences of its definition)."""
+    from scipy import special
+
+    from tests.ops.test_topk import _numpy_relaxed_topk, _numpy_subset_topk
+
+    key, k, tau, kappa = jax.random.key(21), 2, 0.3, 1.7
+    scores = jnp.array([[0.9, -0.4, 0.3, 1.6], [0.2, 0.1, -1.2, 0.5]])
+    valid = jnp.array([[True, True, True, True], [True, True, False, True]])
+    settings = dict(tau=tau, kappa=kappa, candidate_valid=valid)
+    w, ok = np.asarray(scores, np.float64), np.asarray(valid)
+
+    subset = document_log_mask(key, scores, k, relaxation="subset", **settings)
+    expected = _numpy_subset_topk(w, ops.sample_gumbel(key, scores.shape), k, tau=tau,
+                                  kappa=kappa, valid=ok)
+    np.testing.assert_allclose(np.asarray(subset)[ok], np.log(expected[ok]), rtol=1e-5,
+                               atol=1e-6)
+
+    no_noise = np.asarray(document_log_mask(key, scores, k, relaxation="no_noise", **settings))
+    for b in range(2):
+        np.testing.assert_allclose(no_noise[b, ok[b]],
+                                   special.log_softmax(kappa * w[b, ok[b]] / tau), rtol=1e-5)
+    assert no_noise[1, 2] == -(2 - 2**-23) * 2.0**127 / 2  # float32's lowest / 2, not -inf
+
+    weights = jnp.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    straight = lambda s: jnp.where(valid, document_log_mask(
+        key, s, k, relaxation="straight_through", **settings), 0.0)
+    hard = np.asarray(straight(scores)) == 0  # the sampled top-k: log 1 = 0
+    grad = np.asarray(jax.grad(lambda s: (straight(s) * weights).sum())(scores))
+    noise = ops.sample_gumbel(key, (k, *scores.shape))
+
+    def relaxed_term(w):  # log of a selected entry's mask: its gradient is d soft / soft = d soft
+        return (np.where(hard, np.asarray(weights), 0.0)
+                * _numpy_relaxed_topk(w, noise, tau=tau, kappa=kappa, valid=ok)).sum()
+
+    step, numeric = 1e-6, np.zeros_like(w)
+    for index in np.ndindex(w.shape):
+        shift = np.zeros_like(w)
+        shift[index] = step
+        numeric[index] = (relaxed_term(w + shift) - relaxed_term(w - shift)) / (2 * step)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-5)
