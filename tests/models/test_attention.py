@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from scipy import special
 
-from gumbel_jax.models.attention import document_masked_attention, padding_bias
+from gumbel_jax.models.attention import (
+    RightPaddedBias,
+    document_masked_attention,
+    dot_attention,
+    padding_bias,
+)
 
 # The lowest finite values: float32 -(2 - 2^-23) 2^127, bfloat16 -(2 - 2^-7) 2^127.
 LOWEST = [(jnp.float32, -(2 - 2**-23) * 2.0**127), (jnp.bfloat16, -(2 - 2**-7) * 2.0**127)]
@@ -180,3 +185,40 @@ def test_padding_bias_is_zero_or_the_mask_value_in_the_dtype_asked(dtype, lowest
     half_lowest = lowest / 2
     expected = np.array([[0.0, half_lowest, 0.0], [half_lowest, half_lowest, 0.0]])
     np.testing.assert_array_equal(np.asarray(bias, np.float64)[:, 0, 0], expected)
+
+
+def test_dot_attention_default_scale_dropout_and_right_padded_rows():
+    """``dot_attention`` against a float64 softmax: the default scale is 1; dropout (the
+    documented Bernoulli(1 - rate) mask over [batch, heads, queries, keys]) keeps the bias and
+    also applies when a fused kernel is asked for; a RightPaddedBias masks each row's keys
+    past its length, with and without dropout; a key without a rate drops nothing."""
+    keys = jax.random.split(jax.random.key(30), 4)
+    q, k, v = (jax.random.normal(kk, (2, 5, 2, 4)) for kk in keys[:3])
+    bias = jax.random.normal(keys[3], (1, 2, 5, 5))
+    q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
+
+    def reference(bias64, scale=1.0, keep=None, rate=0.0):
+        probs = special.softmax(np.einsum("bqhd,bkhd->bhqk", q64, k64) * scale + bias64, -1)
+        if keep is not None:
+            probs = np.where(keep, probs / (1 - rate), 0.0)
+        return np.einsum("bhqk,bkhd->bqhd", probs, v64)
+
+    dense = np.asarray(bias, np.float64)
+    np.testing.assert_allclose(dot_attention(q, k, v, bias), reference(dense), atol=1e-5)
+    drop_key, rate = jax.random.key(31), 0.4
+    keep = np.asarray(jax.random.bernoulli(drop_key, 1 - rate, (2, 2, 5, 5)))
+    np.testing.assert_allclose(dot_attention(q, k, v, bias, dropout_key=drop_key),
+                               reference(dense), atol=1e-5)
+    for implementation in (None, "xla"):
+        out = dot_attention(q, k, v, bias, implementation=implementation, dropout_key=drop_key,
+                            dropout_rate=rate)
+        np.testing.assert_allclose(out, reference(dense, keep=keep, rate=rate), atol=1e-5)
+    lengths = jnp.array([5, 3])
+    padded = dense + np.where(np.arange(5) < np.asarray(lengths)[:, None], 0.0,
+                              -np.inf)[:, None, None, :]
+    right = RightPaddedBias(bias, lengths)
+    np.testing.assert_allclose(dot_attention(q, k, v, right, scale=0.5),
+                               reference(padded, scale=0.5), atol=1e-5)
+    np.testing.assert_allclose(
+        dot_attention(q, k, v, right, scale=0.5, dropout_key=drop_key, dropout_rate=rate),
+        reference(padded, scale=0.5, keep=keep, rate=rate), atol=1e-5)
