@@ -222,3 +222,29 @@ def test_dot_attention_default_scale_dropout_and_right_padded_rows():
     np.testing.assert_allclose(
         dot_attention(q, k, v, right, scale=0.5, dropout_key=drop_key, dropout_rate=rate),
         reference(padded, scale=0.5, keep=keep, rate=rate), atol=1e-5)
+
+
+def test_dot_attention_bfloat16_keeps_logits_in_float32_and_returns_bfloat16():
+    """bfloat16 inputs on the einsum path: logits near 10 whose differences are of order 1,
+    accumulated and kept in float32, give probabilities within bfloat16's rounding of a
+    float64 softmax of the same inputs (logits rounded to bfloat16 move by up to 0.03, a
+    probability of 0.2 by about 0.006). The values are one-hot rows, so the output is the
+    attention probabilities themselves, in the values' dtype."""
+    rng = np.random.default_rng(3)
+    batch, queries, keys, heads = 2, 3, 8, 2
+    # logit(q, k) = query . key: a shared component of 10 plus per-key offsets in [-1, 1].
+    offsets = rng.uniform(-1.0, 1.0, (batch, keys, heads, 1))
+    query = np.concatenate([np.full((batch, queries, heads, 1), 10.0),
+                            rng.uniform(0.5, 1.0, (batch, queries, heads, 1))], axis=-1)
+    key = np.concatenate([np.ones((batch, keys, heads, 1)), offsets], axis=-1)
+    query, key = jnp.asarray(query, jnp.bfloat16), jnp.asarray(key, jnp.bfloat16)
+    value = jnp.broadcast_to(jnp.eye(keys, dtype=jnp.bfloat16)[None, :, None, :],
+                             (batch, keys, heads, keys))
+    out = dot_attention(query, key, value)
+    assert out.dtype == jnp.bfloat16
+    logits = np.einsum("bqhd,bkhd->bhqk", np.asarray(query, np.float64),
+                       np.asarray(key, np.float64))
+    assert logits.min() > 8
+    expected = special.softmax(logits, axis=-1).transpose(0, 2, 1, 3)  # [b, q, h, k]
+    assert expected.max() > 0.15
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=1.5e-3)
