@@ -27,9 +27,10 @@ demo: $(VENV)/.runtime
 
 # One pytest-xdist worker per core; a test file stays on one worker, so a module's shared
 # fixtures (the tiny grid, the demo runs) are built once. Workers share one compilation cache
-# (tests/conftest.py).
+# (tests/conftest.py). At most 8: each worker is a JAX process with 8 host devices, and a
+# many-core machine with little memory should not start one per core.
 PYTEST_WORKERS ?= auto
-PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses 8 --dist loadfile
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
