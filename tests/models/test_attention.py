@@ -86,21 +86,27 @@ def test_blockwise_bfloat16_logits_accumulate_in_float32():
     np.testing.assert_allclose(weights, expected, atol=1e-4)
 
 
-def _np_attention(q, k, v, log_mask, valid, scale, keep=None, rate=0.0):
-    """float64 numpy: one softmax over all keys with each document's log mask (capped at 0)
-    added to its keys' logits; ``keep`` [batch, heads, queries, keys] drops probabilities
-    (inverted dropout). Returns the output and the attention mass per document (before
+def _np_softmax_attention(q, k, v, bias, scale, keep=None, rate=0.0):
+    """float64 numpy: softmax over keys of ``q . k * scale + bias`` (``bias`` broadcastable
+    to [batch, heads, queries, keys]); ``keep`` [batch, heads, queries, keys] drops
+    probabilities (inverted dropout). Returns the output and the probabilities (before
     dropout)."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    probs = special.softmax(np.einsum("bqhd,bkhd->bhqk", q, k) * scale + bias, -1)
+    kept = probs if keep is None else np.where(keep, probs / (1.0 - rate), 0.0)
+    return np.einsum("bhqk,bkhd->bqhd", kept, v), probs
+
+
+def _np_attention(q, k, v, log_mask, valid, scale, keep=None, rate=0.0):
+    """float64 numpy: one softmax over all keys with each document's log mask (capped at 0)
+    added to its keys' logits, padding keys left out. Returns the output and the attention
+    mass per document (before dropout)."""
     docs = log_mask.shape[-1]
     doc_len = k.shape[1] // docs
     bias = np.repeat(np.minimum(np.asarray(log_mask, np.float64), 0.0), doc_len, axis=-1)
-    logits = np.einsum("bqhd,bkhd->bhqk", q, k) * scale + bias[:, None, None]
-    probs = special.softmax(np.where(np.asarray(valid)[:, None, None], logits, -np.inf), -1)
-    mass = probs.reshape(*probs.shape[:-1], docs, doc_len).sum(-1)
-    if keep is not None:
-        probs = np.where(keep, probs / (1.0 - rate), 0.0)
-    return np.einsum("bhqk,bkhd->bqhd", probs, v), mass
+    bias = np.where(np.asarray(valid), bias, -np.inf)[:, None, None]
+    out, probs = _np_softmax_attention(q, k, v, bias, scale, keep, rate)
+    return out, probs.reshape(*probs.shape[:-1], docs, doc_len).sum(-1)
 
 
 def test_blockwise_dropout_and_log_mask_cap_against_one_softmax():
@@ -195,13 +201,9 @@ def test_dot_attention_default_scale_dropout_and_right_padded_rows():
     keys = jax.random.split(jax.random.key(30), 4)
     q, k, v = (jax.random.normal(kk, (2, 5, 2, 4)) for kk in keys[:3])
     bias = jax.random.normal(keys[3], (1, 2, 5, 5))
-    q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
 
     def reference(bias64, scale=1.0, keep=None, rate=0.0):
-        probs = special.softmax(np.einsum("bqhd,bkhd->bhqk", q64, k64) * scale + bias64, -1)
-        if keep is not None:
-            probs = np.where(keep, probs / (1 - rate), 0.0)
-        return np.einsum("bhqk,bkhd->bqhd", probs, v64)
+        return _np_softmax_attention(q, k, v, bias64, scale, keep, rate)[0]
 
     dense = np.asarray(bias, np.float64)
     np.testing.assert_allclose(dot_attention(q, k, v, bias), reference(dense), atol=1e-5)
