@@ -250,3 +250,73 @@ def test_dot_attention_bfloat16_keeps_logits_in_float32_and_returns_bfloat16():
     expected = special.softmax(logits, axis=-1).transpose(0, 2, 1, 3)  # [b, q, h, k]
     assert expected.max() > 0.15
     np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=1.5e-3)
+
+
+def test_dot_attention_hands_each_kernel_the_bias_it_needs(monkeypatch):
+    """Which kernel ``dot_attention`` calls, and with what: observed by recording the calls to
+    ``jax.nn.dot_product_attention`` (computed with "xla", the CPU's kernel, so the values are
+    checked too). cuDNN gets a materialised ``[batch, 1, queries, keys]`` bias in the query
+    dtype, clipped so a float32 mask value stays finite; "xla" gets the float32 bias as given;
+    None never calls the fused API; a shape cuDNN cannot run falls back to "xla"; right-padded
+    rows give cuDNN the shared bias (clipped, query dtype) and the lengths."""
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def recording(query, key, value, bias=None, **kwargs):
+        calls.append(dict(kwargs, bias=bias))
+        return real(query, key, value, bias=bias, **dict(kwargs, implementation="xla"))
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+    keys = jax.random.split(jax.random.key(40), 3)
+    batch, queries, length, heads, dim = 2, 4, 6, 2, 8
+    q = jax.random.normal(keys[0], (batch, queries, heads, dim), jnp.bfloat16)
+    k, v = (jax.random.normal(kk, (batch, length, heads, dim), jnp.bfloat16) for kk in keys[1:])
+    valid = np.ones((batch, length), bool)
+    valid[1, 4:] = False
+    bias = padding_bias(jnp.asarray(valid))  # float32, mask value -1.7e38: -inf in bfloat16
+    expected = _np_softmax_attention(q, k, v, np.asarray(bias, np.float64), 0.5)[0]
+
+    def check(out):
+        assert out.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=2e-2)
+
+    check(dot_attention(q, k, v, bias, scale=0.5, implementation="cudnn"))
+    call = calls.pop()
+    assert call["implementation"] == "cudnn" and call["scale"] == 0.5
+    assert call["bias"].shape == (batch, 1, queries, length)
+    assert call["bias"].dtype == jnp.bfloat16
+    cudnn_bias = np.asarray(call["bias"], np.float64)
+    assert np.isfinite(cudnn_bias).all() and cudnn_bias[1, 0, :, 4:].max() < -1e38
+    assert np.all(cudnn_bias[0] == 0) and np.all(cudnn_bias[1, 0, :, :4] == 0)
+
+    # float16 cannot hold float32's mask value: unclipped, it would become -inf.
+    dot_attention(q.astype(jnp.float16), k.astype(jnp.float16), v.astype(jnp.float16), bias,
+                  scale=0.5, implementation="cudnn")
+    call = calls.pop()
+    assert call["bias"].dtype == jnp.float16
+    assert np.isfinite(np.asarray(call["bias"], np.float64)).all()
+
+    check(dot_attention(q, k, v, bias, scale=0.5, implementation="xla"))
+    call = calls.pop()
+    assert call["implementation"] == "xla" and call["bias"] is bias
+
+    check(dot_attention(q, k, v, bias, scale=0.5))
+    assert not calls  # the einsum path
+
+    one_query = q[:, :1]
+    dot_attention(one_query, k, v, bias, implementation="cudnn")
+    assert calls.pop()["implementation"] == "xla"  # cuDNN: an odd query length with a bias
+
+    shared = jnp.full((1, heads, length, length), -3e38, jnp.float32).at[..., :3].set(0.5)
+    right = RightPaddedBias(shared, jnp.array([6, 0]))
+    dot_attention(q[:, :1].repeat(length, 1), k, v, right, implementation="cudnn")
+    call = calls.pop()
+    assert call["implementation"] == "cudnn" and call["bias"].dtype == jnp.bfloat16
+    assert call["bias"].shape == (1, heads, length, length)
+    half = [x.astype(jnp.float16) for x in (q[:, :1].repeat(length, 1), k, v)]
+    dot_attention(*half, right, implementation="cudnn")
+    assert np.isfinite(np.asarray(calls.pop()["bias"], np.float64)).all()
+    assert np.isfinite(np.asarray(call["bias"], np.float64)).all()
+    np.testing.assert_array_equal(call["query_seq_lengths"], [6, 1])  # 0 -> 1: see docstring
+    np.testing.assert_array_equal(call["key_value_seq_lengths"], [6, 1])
+    assert call["query_seq_lengths"].dtype == jnp.int32
