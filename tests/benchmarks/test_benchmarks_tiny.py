@@ -1,5 +1,6 @@
 """Every benchmark runs end to end at tiny size on CPU and writes its JSON report."""
 
+import argparse
 import dataclasses
 import json
 import math
@@ -106,3 +107,34 @@ def test_torch_reference_is_the_fair_setup():
     assert not torch.equal(weights.master[0], before)  # the float32 copy moved
     assert torch.equal(module.weight, weights.master[0].to(torch.bfloat16))
     assert module.weight.grad is None
+
+
+def test_torch_reference_compiles_every_block_once_and_runs_compiled_modes_last():
+    """``compile_blocks`` marks each T5 block of both models for compilation (lazily: nothing
+    compiles until a step runs), only once; it changes the models in place, so it runs after
+    the eager and whole-step attempts."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from benchmarks import torch_reference
+    from gumbel_jax.training.factory import model_architectures
+
+    reader_cfg, ranker_cfg = model_architectures(common.model_config("tiny", dtype="float32"),
+                                                 common.TINY_VOCAB)
+    model = torch_reference.TorchGRerank(reader_cfg, ranker_cfg, device="cpu",
+                                         dtype=torch.float32, score_token=7, k=2)
+    blocks = sum(c.num_layers + c.num_decoder_layers for c in (reader_cfg, ranker_cfg))
+
+    def compiled_calls():
+        return [m._compiled_call_impl for net in (model.reader, model.ranker)
+                for m in net.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+
+    assert torch_reference.compile_blocks(model) == blocks
+    first = compiled_calls()
+    assert len(first) == blocks
+    torch_reference.compile_blocks(model)  # a second call does not wrap them again
+    assert all(a is b for a, b in zip(first, compiled_calls(), strict=True))
+    args = argparse.Namespace(batch=16, modes=["compile_blocks", "compile", "eager"],
+                              extra_batches=[32], extra_modes=["compile_blocks", "eager"])
+    assert torch_reference.attempts(args) == [
+        (16, "eager"), (32, "eager"), (16, "compile"), (16, "compile_blocks"),
+        (32, "compile_blocks")]
