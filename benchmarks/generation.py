@@ -6,7 +6,14 @@ decoder over the answer buffer, as generation did before the cache), same model,
 
 Both variants stop once every answer has ended, run from the same encoded memory under the
 same hard top-k mask and produce the same tokens (checked); tokens/s counts the positions
-decoded (questions x decoding steps). Encoding is not timed.
+decoded (questions x decoding steps), answers/s the questions answered. Encoding is not
+timed.
+
+``--torch`` adds the peer users compare with: transformers' PyTorch
+``T5ForConditionalGeneration.generate`` (greedy, its key/value cache, SDPA attention, under
+``inference_mode``) on the same weights (exported with ``checkpoints.export.t5_to_tensors``),
+the same encoder outputs and the same top-k selection, given as its attention mask over the
+concatenated passages (FiD's decoding). Its tokens are compared with ours.
 """
 
 from __future__ import annotations
@@ -72,7 +79,39 @@ def interleaved_seconds(fns: dict, *, rounds: int) -> dict:
                    "steps": rounds} for name, t in times.items()}
 
 
-def time_length(reader, memory, log_mask, args, max_length: int) -> dict:
+def torch_greedy(reader: FiDReader, memory, key_mask, *, max_length: int):
+    """transformers' cached greedy ``generate`` on our reader's weights: a function of no
+    arguments returning ``[batch, max_length]`` int32 answers (pad after EOS, as ours).
+
+    ``key_mask``: ``[batch, docs * doc_len]`` boolean, the passage tokens the decoder reads
+    (real tokens of the selected documents)."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from benchmarks.torch_reference import torch_t5_from_ours
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = torch_t5_from_ours(reader.t5, device=device)
+    dtype = next(model.parameters()).dtype
+    states = torch.from_numpy(np.asarray(memory.states, np.float32)).to(device, dtype)
+    mask = torch.from_numpy(np.asarray(key_mask)).to(device).long()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def call():
+        with torch.inference_mode():
+            out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                                 attention_mask=mask, max_new_tokens=max_length,
+                                 do_sample=False, num_beams=1, use_cache=True)
+        sync()
+        tokens = out[:, 1:].cpu().numpy().astype(np.int32)  # drop the start token
+        answers = np.full((tokens.shape[0], max_length), reader.config.pad_token_id, np.int32)
+        answers[:, :tokens.shape[1]] = tokens
+        return answers
+
+    return call
+
+
+def time_length(reader, memory, log_mask, args, max_length: int, key_mask=None) -> dict:
     """Every variant at one ``max_length``: compiled and checked first, then timed."""
     variants = {
         "cached_greedy": nnx.jit(lambda r, m, g: r.generate(m, g, max_length=max_length)),
@@ -83,6 +122,9 @@ def time_length(reader, memory, log_mask, args, max_length: int) -> dict:
         variants[f"cached_beam{args.num_beams}"] = nnx.jit(lambda r, m, g: r.generate(
             m, g, max_length=max_length, num_beams=args.num_beams))
     calls = {name: (lambda fn=fn: fn(reader, memory, log_mask)) for name, fn in variants.items()}
+    if key_mask is not None:
+        calls["transformers_greedy"] = torch_greedy(reader, memory, key_mask,
+                                                    max_length=max_length)
     outputs, result = {}, {"variants": {}}
     for name, call in calls.items():
         start = time.perf_counter()
@@ -95,10 +137,18 @@ def time_length(reader, memory, log_mask, args, max_length: int) -> dict:
         steps = decoding_steps(outputs[name], reader.config.eos_token_id)
         result["variants"][name].update(timing, decoding_steps=steps,
                                         tokens_per_s=args.batch * steps
-                                        / timing["step_s_median"])
+                                        / timing["step_s_median"],
+                                        answers_per_s=args.batch / timing["step_s_median"])
     # Equal in float32; bfloat16 may flip near-ties (the two sum in different orders).
     result["cached_equals_uncached"] = bool(np.array_equal(outputs["cached_greedy"],
                                                            outputs["uncached_greedy"]))
+    if key_mask is not None:
+        ours, theirs = outputs["cached_greedy"], outputs["transformers_greedy"]
+        result["transformers_equals_cached"] = bool(np.array_equal(ours, theirs))
+        result["transformers_same_answers"] = int((ours == theirs).all(axis=1).sum())
+        result["speedup_cached_over_transformers"] = (
+            result["variants"]["cached_greedy"]["answers_per_s"]
+            / result["variants"]["transformers_greedy"]["answers_per_s"])
     result["speedup_cached_over_uncached"] = (
         result["variants"]["cached_greedy"]["tokens_per_s"]
         / result["variants"]["uncached_greedy"]["tokens_per_s"])
@@ -124,9 +174,15 @@ def run(args) -> dict:
               "model": {"d_model": config.d_model, "decoder_layers": config.num_decoder_layers,
                         "heads": config.num_heads, "vocab": config.vocab_size, **settings},
               "max_length": {}}
+    key_mask = None
+    if args.torch:
+        selected = np.repeat(np.asarray(hard) > 0, args.doc_len, axis=1)
+        key_mask = selected & np.asarray(batch["reader_mask"], bool).reshape(args.batch, -1)
+        import torch
+        report["torch"] = torch.__version__
     for max_length in args.max_length:
         report["max_length"][str(max_length)] = time_length(
-            reader, memory, ops.mask_to_log_mask(hard), args, max_length)
+            reader, memory, ops.mask_to_log_mask(hard), args, max_length, key_mask)
     return report
 
 
@@ -141,6 +197,9 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--max_length", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--num_beams", type=int, default=4, help="also time cached beam search")
+    p.add_argument("--torch", action="store_true",
+                   help="also time transformers' PyTorch generate (greedy, cached) on the "
+                        "same weights and encoder outputs")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=20, help="timed rounds")
     p.add_argument("--out", default=None)

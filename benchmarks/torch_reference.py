@@ -105,20 +105,11 @@ class TorchGRerank:
         self.ranker = transformers.T5ForConditionalGeneration(
             _hf_config(ranker_cfg, transformers, "sdpa")).to(device).train()
         self.weights = MasterWeights(self.ranker, dtype=dtype, fused=device == "cuda")
-        self.ranker_scale = ranker_cfg.d_model**-0.5 if ranker_cfg.tie_word_embeddings else 1.0
         self.score_token = score_token
         self.reader_dtype = dtype
 
     def scores(self, ids, mask):
-        torch = self.torch
-        b, d, length = ids.shape
-        flat_ids, flat_mask = ids.view(b * d, length), mask.view(b * d, length)
-        memory = self.ranker.encoder(input_ids=flat_ids, attention_mask=flat_mask)
-        start = torch.zeros((b * d, 1), dtype=torch.long, device=ids.device)
-        hidden = self.ranker.decoder(input_ids=start, encoder_hidden_states=memory[0],
-                                     encoder_attention_mask=flat_mask)[0][:, 0]
-        row = self.ranker.lm_head.weight[self.score_token]
-        return ((hidden.float() * self.ranker_scale) @ row.float()).view(b, d)
+        return rankt5_scores(self.ranker, ids, mask, score_token=self.score_token)
 
     def log_mask(self, scores, noise, doc_valid):
         torch = self.torch
@@ -157,6 +148,55 @@ class TorchGRerank:
         loss.backward()
         self.weights.step()
         return loss.detach()
+
+
+def rankt5_scores(ranker, ids, mask, *, score_token: int):
+    """RankT5 with transformers' ``T5ForConditionalGeneration``: ``[..., len]`` token ids and
+    attention mask -> ``[...]`` float32 scores, the first decoder step's logit of
+    ``score_token`` (the output scaled by ``d_model ** -0.5`` when the head is tied, as
+    transformers' T5 does before its head)."""
+    import torch
+
+    leading, length = ids.shape[:-1], ids.shape[-1]
+    flat_ids, flat_mask = ids.reshape(-1, length), mask.reshape(-1, length)
+    memory = ranker.encoder(input_ids=flat_ids, attention_mask=flat_mask)
+    start = torch.full((flat_ids.shape[0], 1), ranker.config.decoder_start_token_id,
+                       dtype=torch.long, device=ids.device)
+    hidden = ranker.decoder(input_ids=start, encoder_hidden_states=memory[0],
+                            encoder_attention_mask=flat_mask)[0][:, 0]
+    # transformers >= 5 keeps the scaling flag apart (it reports every T5 head as tied).
+    tied = getattr(ranker.config, "scale_decoder_outputs", ranker.config.tie_word_embeddings)
+    scale = ranker.config.d_model**-0.5 if tied else 1.0
+    row = ranker.lm_head.weight[score_token]
+    return ((hidden.float() * scale) @ row.float()).view(leading)
+
+
+def torch_t5_from_ours(t5, *, device, attn_implementation: str = "sdpa"):
+    """transformers' ``T5ForConditionalGeneration`` holding the weights of our ``t5``
+    (``checkpoints.export.t5_to_tensors``), in its compute dtype, in eval mode."""
+    import torch
+    import transformers
+
+    from gumbel_jax.checkpoints.export import t5_config_to_hf, t5_to_tensors
+
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[str(np.dtype(
+        t5.config.dtype))]
+    config = transformers.T5Config(**t5_config_to_hf(t5.config))
+    config._attn_implementation = attn_implementation
+    model = transformers.T5ForConditionalGeneration(config)
+    if not t5.config.tie_word_embeddings and model.lm_head.weight is model.shared.weight:
+        # transformers >= 5 ties T5's head to the embedding whatever the config says; an
+        # untied head (T5 v1.1, RankT5) needs its own storage before loading.
+        model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+    tensors = {name: torch.from_numpy(np.array(value, np.float32))
+               for name, value in t5_to_tensors(t5).items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    # The export writes the shared embedding once; the stacks' copies (and a tied head)
+    # are tied to it.
+    tied_copies = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"} | (
+        {"lm_head.weight"} if t5.config.tie_word_embeddings else set())
+    assert not unexpected and set(missing) <= tied_copies, (missing, unexpected)
+    return model.to(device, dtype).eval()
 
 
 def _to_torch(batch, torch, device):

@@ -138,3 +138,32 @@ def test_torch_reference_compiles_every_block_once_and_runs_compiled_modes_last(
     assert torch_reference.attempts(args) == [
         (16, "eager"), (32, "eager"), (16, "compile"), (16, "compile_blocks"),
         (32, "compile_blocks")]
+
+
+def test_generation_tiny_equals_transformers_generate(tmp_path):
+    """The generation benchmark's PyTorch peer: transformers' cached greedy ``generate`` on
+    our reader's exported weights, the same encoder outputs and the top-k passages as its
+    attention mask gives our cached and uncached greedy answers token for token (float32)."""
+    pytest.importorskip("torch")
+    from benchmarks import generation
+
+    report = _report(tmp_path, generation, ["--torch", "--max_length", "6", "--num_beams",
+                                            "1", "--steps", "1", "--warmup", "0"])
+    result = report["max_length"]["6"]
+    assert result["transformers_equals_cached"] and result["cached_equals_uncached"]
+    assert result["transformers_same_answers"] == report["shape"]["batch"]
+    assert result["variants"]["transformers_greedy"]["answers_per_s"] > 0
+
+
+def test_rerank_tiny_scores_equal_transformers(tmp_path):
+    """The reranking benchmark's PyTorch peer scores the same passages as ours, on the
+    tiny reranker's untied head (transformers >= 5 ties every T5 head unless told apart)."""
+    pytest.importorskip("torch")
+    from benchmarks import rerank
+
+    report = _report(tmp_path, rerank, ["--torch", "--rows", "12", "--steps", "1",
+                                        "--warmup", "0"])
+    assert report["scores_max_abs_diff"] < 1e-5 * max(1.0, report["scores_max_abs"])
+    assert report["scores_max_abs"] > 0.05  # not all zeros
+    assert 0 < report["real_tokens"] < report["rows"] * report["doc_len"]
+    assert report["timings"]["ours"]["passages_per_s"] > 0
