@@ -48,11 +48,14 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--attention", default="", choices=choices(AttentionKernel),
                         help="kernel of every attention layer ('' = einsum)")
     parser.add_argument("--remat", action="store_true", help="rematerialise reranker layers")
+    parser.add_argument("--token_capacity", type=float, default=0.0,
+                        help="encoders pack real tokens into this fraction of the slots "
+                             "(ModelConfig.token_capacity; 0: off)")
 
 
 def model_settings(args) -> dict:
     return {"dtype": args.dtype, "dma": args.dma, "attention": args.attention,
-            "remat": args.remat}
+            "remat": args.remat, "token_capacity": args.token_capacity}
 
 
 @dataclasses.dataclass(frozen=True)

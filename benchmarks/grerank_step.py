@@ -83,7 +83,7 @@ def run(args) -> dict:
         "benchmark": "grerank_step", "size": args.size, "shape": vars(shape),
         "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention",
                                                   "remat", "num_samples", "no_fold",
-                                                  "dense_bias")},
+                                                  "dense_bias", "token_capacity")},
         "device": common.device_description(), **timing,
         "questions_per_s": args.batch / timing["step_s_median"],
         **common.throughput(common.real_work(jax.device_get(batch)),

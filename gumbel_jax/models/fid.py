@@ -28,15 +28,19 @@ class FiDReader(nnx.Module):
         The attention kernel is the T5 config's ``attention_implementation`` (every layer).
       frozen: the reader is not trained; its encoder output is put under stop_gradient, so
         no backward pass runs through the encoder (the mask never reaches it anyway).
+      token_capacity: the encoder's position-wise work on real tokens only, packed into
+        this fraction of the ``[batch * docs, doc_len]`` slots (``T5EncoderDecoder.encode``);
+        0: off.
     """
 
     def __init__(self, t5: T5EncoderDecoder, *, method: DmaMethod = "bias",
-                 frozen: bool = True):
+                 frozen: bool = True, token_capacity: float = 0.0):
         if method not in ("bias", "blockwise"):
             raise ValueError(f"method must be 'bias' or 'blockwise', got {method!r}")
         self.t5 = t5
         self.method = method
         self.frozen = frozen
+        self.token_capacity = token_capacity
 
     @classmethod
     def random(cls, config: T5Config, *, seed: int = 0, **options) -> FiDReader:
@@ -63,7 +67,7 @@ class FiDReader(nnx.Module):
         batch, docs, length = input_ids.shape
         flat_mask = attention_mask.reshape(batch * docs, length).astype(bool)
         states = self.t5.encode(input_ids.reshape(batch * docs, length), flat_mask,
-                                dropout_key=dropout_key)
+                                token_capacity=self.token_capacity, dropout_key=dropout_key)
         states = states.reshape(batch, docs * length, -1)
         if self.frozen:
             states = jax.lax.stop_gradient(states)

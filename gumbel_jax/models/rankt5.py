@@ -19,7 +19,8 @@ class RankT5(nnx.Module):
     """Scores ``[..., len]`` tokenised (query, document) pairs -> ``[...]`` float32 scores."""
 
     def __init__(self, t5: T5EncoderDecoder, *, score_token_id: int = RANKT5_SCORE_TOKEN_ID,
-                 fold_cross_attention: bool = True, right_padded: bool = True):
+                 fold_cross_attention: bool = True, right_padded: bool = True,
+                 token_capacity: float = 0.0):
         if not 0 <= score_token_id < t5.config.vocab_size:
             raise ValueError(f"score_token_id {score_token_id} is outside the vocabulary "
                              f"(size {t5.config.vocab_size})")
@@ -32,6 +33,9 @@ class RankT5(nnx.Module):
         # row lengths, not a [rows, heads, len, len] bias and its gradient. A row whose mask
         # is not a prefix scores NaN (a loud failure, not a wrong score).
         self.right_padded = right_padded
+        # The encoder's position-wise work on real tokens only (T5EncoderDecoder.encode):
+        # the fraction of [rows, len] slots the packed tokens get; 0: off.
+        self.token_capacity = token_capacity
 
     @classmethod
     def random(cls, config: T5Config, *, seed: int = 0, **options) -> RankT5:
@@ -41,7 +45,8 @@ class RankT5(nnx.Module):
         leading, length = input_ids.shape[:-1], input_ids.shape[-1]
         flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length).astype(bool)
-        memory = self.t5.encode(flat_ids, flat_mask, right_padded=self.right_padded)
+        memory = self.t5.encode(flat_ids, flat_mask, right_padded=self.right_padded,
+                                token_capacity=self.token_capacity)
         start = jnp.full((flat_ids.shape[0], 1), self.t5.config.decoder_start_token_id,
                          jnp.int32)
         if self.fold_cross_attention:

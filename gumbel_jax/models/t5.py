@@ -4,8 +4,9 @@ GELU, untied head). Parameter names follow Hugging Face's so checkpoints map one
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +122,51 @@ def relative_position_buckets(query_len: int, key_len: int, *, bidirectional: bo
     large = max_exact + (scaled * (num_buckets - max_exact)).astype(np.int64)
     large = np.minimum(large, num_buckets - 1)
     return buckets + np.where(distance < max_exact, distance, large)
+
+
+class TokenPacking(NamedTuple):
+    """The real tokens of a ``[rows, len]`` batch laid end to end in ``capacity`` slots, in
+    order, so that position-wise work (norms, projections, feed-forward) skips padding.
+    Both directions are gathers whose empty slots read zeros; their gradients are
+    scatter-adds. Made by :func:`token_packing`.
+
+    Attributes:
+      take: ``[capacity]`` int32, the flat token (``row * len + t``) in each slot; ``rows *
+        len`` (out of range: reads zeros) for a slot past the last real token.
+      place: ``[rows * len]`` int32, the slot of each real token; ``capacity`` (out of range)
+        for padding, which unpacks to zeros.
+    """
+
+    take: jax.Array
+    place: jax.Array
+
+    def pack(self, x):
+        """``[rows, len, ...]`` -> ``[capacity, ...]``."""
+        flat = x.reshape(-1, *x.shape[2:])
+        return jnp.take(flat, self.take, axis=0, mode="fill", fill_value=0)
+
+    def unpack(self, x, length: int):
+        """``[capacity, ...]`` -> ``[rows, length, ...]``, zeros at padding."""
+        flat = jnp.take(x, self.place, axis=0, mode="fill", fill_value=0)
+        return flat.reshape(-1, length, *x.shape[1:])
+
+
+def token_packing(mask, capacity: int) -> TokenPacking:
+    """``[rows, len]`` boolean -> :class:`TokenPacking` into ``capacity`` slots. Real tokens
+    beyond the capacity are dropped: callers check ``mask.sum() <= capacity`` first."""
+    flat = mask.reshape(-1)
+    take = jnp.nonzero(flat, size=capacity, fill_value=flat.size)[0].astype(jnp.int32)
+    place = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, capacity)
+    return TokenPacking(take, place.astype(jnp.int32))
+
+
+def packing_capacity(token_capacity: float, rows: int, length: int) -> int | None:
+    """Slots for a ``token_capacity`` fraction of ``rows x length`` tokens; None when
+    packing is off (0) or would not save a slot."""
+    if not 0.0 <= token_capacity <= 1.0:
+        raise ValueError(f"token_capacity={token_capacity} must be in [0, 1] (0: off)")
+    capacity = math.ceil(token_capacity * rows * length)
+    return capacity if 0 < capacity < rows * length else None
 
 
 class T5Attention(nnx.Module):
@@ -261,6 +307,20 @@ class T5Block(nnx.Module):
         x = x + drop(_MLP_OUT, self.mlp(self.mlp_norm(x), dropout_key=site(_MLP_HIDDEN)))
         return x, doc_weights
 
+    def packed(self, x, self_bias, packing: TokenPacking, *, length: int):
+        """An encoder block on packed tokens ``x [capacity, d_model]`` (no dropout): norms,
+        projections and feed-forward on real tokens only; the attention itself in the
+        ``[rows, length]`` layout, whose padding rows are zeros and masked by ``self_bias``.
+        Equals :meth:`__call__` at every real token."""
+        attention = self.self_attention
+        normed = self.self_attention_norm(x)
+        q, k, v = (attention._split(packing.unpack(projection(normed), length))
+                   for projection in (attention.q, attention.k, attention.v))
+        out = dot_attention(q, k, v, self_bias, scale=1.0,
+                            implementation=attention.implementation)
+        x = x + attention.o(packing.pack(out.reshape(*out.shape[:2], -1)))
+        return x + self.mlp(self.mlp_norm(x))
+
     def step(self, x, self_bias, position, self_kv, cross_kv, doc_log_mask, memory_valid, *,
              method):
         """One decoding step of a decoder block: ``x [rows, 1, d_model]``, ``self_kv`` the
@@ -336,6 +396,17 @@ class T5Stack(nnx.Module):
         return out
 
 
+def _packed_stack(stack: T5Stack, x, self_bias, packing: TokenPacking, *, length: int):
+    """An encoder stack on packed embeddings ``[capacity, d_model]`` -> its packed output
+    (final norm applied). No dropout: the frozen reader and the reranker of a G-Rerank step
+    run without it."""
+    run_block = functools.partial(T5Block.packed, length=length)
+    run = remat_call(run_block) if stack.config.remat else run_block
+    for block in stack.layers:
+        x = run(block, x, self_bias, packing)
+    return stack.final_norm(x)
+
+
 @struct.dataclass
 class DecodeCache:
     """What incremental decoding keeps between steps (see :meth:`T5EncoderDecoder.decode_step`).
@@ -397,13 +468,19 @@ class T5EncoderDecoder(nnx.Module):
                                  axes=("embed", "vocab"))
 
     def encode(self, input_ids, attention_mask, *, right_padded: bool = False,
-               dropout_key=None):
+               token_capacity: float = 0.0, dropout_key=None):
         """``[batch, len]`` ids and boolean mask -> ``[batch, len, d_model]``.
 
         ``right_padded``: the caller guarantees every mask row is a prefix (the data
         pipeline's padding); the kernel then gets the row lengths and the position bias
         shared by the batch (``attention.RightPaddedBias``) instead of a ``[batch, heads,
         len, len]`` bias, the same outputs at real tokens.
+
+        ``token_capacity``: in (0, 1), the position-wise work runs on the real tokens only,
+        packed into ``ceil(token_capacity * batch * len)`` slots (:class:`TokenPacking`);
+        a batch with more real tokens takes the padded path (``lax.cond``: both are
+        compiled). The same outputs at real tokens; padding tokens' outputs are zeros
+        instead of the padded path's (unread) values. 0: off. Not with dropout.
 
         ``dropout_key``: T5's dropout with ``config.dropout_rate`` (a training step); None
         (evaluation, frozen models): none.
@@ -415,7 +492,22 @@ class T5EncoderDecoder(nnx.Module):
             bias = RightPaddedBias(position, lengths)
         else:
             bias = position + padding_bias(attention_mask, position.dtype)
-        return self.encoder(self.shared(input_ids), bias, dropout_key=dropout_key)
+
+        def padded():
+            return self.encoder(self.shared(input_ids), bias, dropout_key=dropout_key)
+
+        capacity = packing_capacity(token_capacity, input_ids.shape[0], length)
+        if capacity is None or dropout_key is not None:
+            return padded()
+        packing = token_packing(attention_mask.astype(bool), capacity)
+
+        def packed():
+            embeddings = self.shared(packing.pack(input_ids[..., None])[:, 0])
+            out = _packed_stack(self.encoder, embeddings, bias, packing, length=length)
+            return packing.unpack(out, length)
+
+        fits = jnp.sum(attention_mask.astype(jnp.int32)) <= capacity
+        return jax.lax.cond(fits, packed, padded)
 
     def decode_hidden(self, decoder_input_ids, memory, memory_valid, doc_log_mask=None, *,
                       method: DmaMethod = "bias", return_doc_weights: bool = False,

@@ -176,13 +176,23 @@ def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: in
             store_frozen_weights_in_compute_dtype(reader, config.dtype)
             return reader, _random_reranker(ranker_arch, config, seed + 1)
 
-        return nnx.eval_shape(random_models) if abstract else random_models()
+        models = nnx.eval_shape(random_models) if abstract else random_models()
+        return set_token_capacity(models, config.token_capacity)
     reader = (_random_reader(preset_architecture(config, "reader"), config)
               if config.reader_init == "random" else load_reader(config, mesh=mesh))
     store_frozen_weights_in_compute_dtype(reader, config.dtype)
     ranker = (_random_reranker(preset_architecture(config, "reranker"), config, seed + 1)
               if config.reranker_init == "random" else _pretrained_reranker(config))
-    return reader, ranker
+    return set_token_capacity((reader, ranker), config.token_capacity)
+
+
+def set_token_capacity(models, token_capacity: float):
+    """``model.token_capacity`` on the models whose encoders pack tokens (FiD readers,
+    RankT5); the others have no such option. Returns ``models``."""
+    for model in models:
+        if isinstance(model, FiDReader | RankT5):
+            model.token_capacity = token_capacity
+    return models
 
 
 def build_trainable_reader(config: ModelConfig, *, vocab_size: int | None = None,
@@ -218,6 +228,10 @@ def build_trainable_reader(config: ModelConfig, *, vocab_size: int | None = None
 def validate_model(config: ModelConfig) -> None:
     """Model settings that cannot work, named."""
     check_choices(config, "model.")
+    if not 0.0 <= config.token_capacity <= 1.0:
+        raise ValueError(f"model.token_capacity={config.token_capacity} must be in [0, 1] "
+                         "(the fraction of a batch's token slots the packed tokens get; 0: "
+                         "off)")
     if config.num_beams < 1:
         raise ValueError(f"model.num_beams={config.num_beams} must be >= 1 (1: greedy)")
     if (config.reader == "tiny") != (config.reranker == "tiny"):
