@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Issue 17, second round (2026-11-27): what the first round (h100_issue17.sh) left unmeasured,
+# in two device calls, most important first; every run writes its own JSON under $OUT/issue17b
+# and has its own time limit, so one overrun cannot lose the rest.
+#   PART=1: the trainer's step at batch 32 without and with token packing (--token_capacity
+#           0.8, with a profile), the fair PyTorch peer compiled per block (batch 16 and 32,
+#           after the consistency check), cached generation against transformers' generate
+#           (10 passages).
+#   PART=2: reranking throughput against transformers, generation at 100 passages, batch 48
+#           with packing, the GPU tests of the attention kernels.
+#   GUMBEL_JAX_COMMIT=$(git rev-parse HEAD) PART=1 bash benchmarks/scripts/h100_issue17_part2.sh
+# CPU dry run on tiny models (SLOW stretches the time limits):
+#   SIZE=tiny ATTENTION=xla SLOW=6 PART=1 OUT=/tmp/issue17b bash benchmarks/scripts/h100_issue17_part2.sh
+set -x -o pipefail
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+OUT=${OUT:-runs/bench}
+SIZE=${SIZE:-paper}
+ATTENTION=${ATTENTION:-cudnn}
+STEPS=${STEPS:-5}
+SLOW=${SLOW:-1}
+PART=${PART:-1}
+R="$OUT/issue17b"
+mkdir -p "$R"
+if [ "$SIZE" = paper ]; then B16=16 B32=32 B48=48 GB=8 ROWS=1000
+else B16=2 B32=3 B48=4 GB=2 ROWS=32; fi
+START=$(date +%s)
+elapsed() { echo "elapsed $(( $(date +%s) - START )) s: $*"; }
+limited() {  # limited NAME SECONDS MODULE ARGS...: one benchmark run, its JSON at $R/NAME.json
+    local name=$1 limit=$(( $2 * SLOW )) module=$3; shift 3
+    timeout "$limit" python3 -m "benchmarks.$module" --out "$R/$name.json" "$@" | tail -3 \
+        || echo "FAILED ($?): $name"
+    elapsed "$name"
+}
+step() { local name=$1 limit=$2; shift 2
+    limited "$name" "$limit" grerank_step --size "$SIZE" --attention "$ATTENTION" \
+        --steps "$STEPS" "$@"; }
+
+if [ "$PART" = 1 ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+    python3 -c 'import jax, flax, optax, torch, transformers as t; print(jax.__version__, flax.__version__, optax.__version__, torch.__version__, t.__version__, jax.devices())'
+    step step_b32 110 --batch "$B32"
+    step step_b32_packed 150 --batch "$B32" --token_capacity 0.8 --profile "$R/trace"
+    rm -rf "$R/trace"  # large; the summary is in the JSON
+    limited torch_compile_blocks 230 torch_reference --size "$SIZE" --batch "$B16" --check \
+        --steps "$STEPS" --modes compile_blocks --extra_batches "$B32" \
+        --extra_modes compile_blocks
+    limited generation_d10 90 generation --size "$SIZE" --dtype bfloat16 \
+        --attention "$ATTENTION" --batch "$GB" --docs 10 --max_length 32 --num_beams 1 \
+        --steps "$STEPS" --torch
+else
+    limited rerank 70 rerank --size "$SIZE" --dtype bfloat16 --attention "$ATTENTION" \
+        --rows "$ROWS" --token_capacity 0.8 --steps 10 --torch
+    limited generation_d100 90 generation --size "$SIZE" --dtype bfloat16 \
+        --attention "$ATTENTION" --batch "$GB" --docs 100 --max_length 32 --num_beams 1 \
+        --steps "$STEPS" --torch
+    step step_b48_packed 100 --batch "$B48" --token_capacity 0.8
+    [ "$SIZE" = paper ] && timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu \
+        tests/models/test_attention.py 2>&1 | tail -5
+    elapsed gpu_tests
+fi
+ls -la "$R"
