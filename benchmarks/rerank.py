@@ -51,6 +51,9 @@ def run(args) -> dict:
     settings = common.model_settings(args)
     _, ranker = build_models(common.model_config(args.size, **settings),
                              vocab_size=common.TINY_VOCAB, seed=0)
+    # Inference: the reranker's encoder packs too (the factory packs only the frozen
+    # reader's, as training differentiates the reranker's).
+    ranker.token_capacity = args.token_capacity
     vocab = ranker.t5.config.vocab_size
     rows = common.synthetic_batch(np.random.default_rng(0),
                                   common.Shape(1, args.rows, args.doc_len, 2, 1), vocab)

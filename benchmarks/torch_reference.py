@@ -345,10 +345,18 @@ def compile_blocks(model: TorchGRerank) -> int:
     """Compile every T5 block of both models in place (``nn.Module.compile``), once; returns
     how many. The loss, the relaxed top-k and the optimizer stay eager: they are a few small
     kernels next to the blocks' matmuls and attention."""
+    import torch
     import transformers
 
     blocks = [module for net in (model.reader, model.ranker) for module in net.modules()
               if isinstance(module, transformers.models.t5.modeling_t5.T5Block)]
+    # Eight kinds of block (reader/reranker x encoder/decoder x first/other) times the batch
+    # sizes timed: more graphs than dynamo's default limit of 8, past which it runs the
+    # rest eagerly (the first H100 call's batch-32 "compile" took 0.25 s).
+    dynamo = torch._dynamo.config
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, limit):
+            setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
     if not getattr(model, "blocks_compiled", False):
         for block in blocks:
             block.compile()

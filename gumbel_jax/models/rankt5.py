@@ -34,7 +34,8 @@ class RankT5(nnx.Module):
         # is not a prefix scores NaN (a loud failure, not a wrong score).
         self.right_padded = right_padded
         # The encoder's position-wise work on real tokens only (T5EncoderDecoder.encode):
-        # the fraction of [rows, len] slots the packed tokens get; 0: off.
+        # the fraction of [rows, len] slots the packed tokens get; 0: off. For inference:
+        # differentiated, it keeps both of its paths' activations.
         self.token_capacity = token_capacity
 
     @classmethod

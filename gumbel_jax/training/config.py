@@ -160,10 +160,10 @@ class ModelConfig:
     # Rematerialise the trained model's layers (batch for memory): the reranker's, or the
     # reader's in reader training (ReaderExperimentConfig).
     remat: bool = False
-    # The T5 encoders of a step (the frozen FiD reader's, RankT5's) skip the position-wise
-    # work of padding tokens: a batch's real tokens are packed into this fraction of its
-    # [rows, len] slots (T5EncoderDecoder.encode; a batch with more real tokens runs
-    # padded). 0: off. Same outputs; docs/performance.md has its speed.
+    # The frozen FiD reader's encoder skips the position-wise work of padding tokens: a
+    # batch's real tokens are packed into this fraction of its [rows, len] slots
+    # (T5EncoderDecoder.encode; a batch with more real tokens runs padded). 0: off. Same
+    # outputs; docs/performance.md has its speed.
     token_capacity: float = 0.0
     # The reader's beam width when it answers in evaluation: 1 is greedy (FiD evaluates
     # greedily); more runs beam search (Hugging Face's, early stopping, length penalty 1).

@@ -187,11 +187,14 @@ def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: in
 
 
 def set_token_capacity(models, token_capacity: float):
-    """``model.token_capacity`` on the models whose encoders pack tokens (FiD readers,
-    RankT5); the others have no such option. Returns ``models``."""
-    for model in models:
-        if isinstance(model, FiDReader | RankT5):
-            model.token_capacity = token_capacity
+    """``token_capacity`` on the frozen FiD reader of ``(reader, reranker)``, whose encoder
+    runs forward only. The trained reranker keeps its padded encoder: packing there needs a
+    differentiated ``lax.cond``, which keeps both branches' activations (see
+    ``T5EncoderDecoder.encode``); ``RankT5.token_capacity`` serves inference. Returns
+    ``models``."""
+    reader, _ = models
+    if isinstance(reader, FiDReader):
+        reader.token_capacity = token_capacity
     return models
 
 
