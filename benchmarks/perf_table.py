@@ -44,6 +44,15 @@ STEP_ROWS = (
      "(same call)", "other_batches/32/eager"),
     ("2026-11-26/issue17/torch_b16.json", "fair PyTorch peer, torch.compile (same call)",
      "compile"),
+    # Issue 17, second round: two calls on fresh H100s (issue17b/h100_part1.log, part2.log).
+    ("2026-11-27/issue17b/step_b32.json", "ours, both levers (first call)", None),
+    ("2026-11-27/issue17b/torch_compile_blocks.json", "fair PyTorch peer, torch.compile per "
+     "block; dynamo's recompile limit (8) hit, the later blocks ran eagerly (first call)",
+     "compile_blocks"),
+    ("2026-11-27/issue17b/torch_compile_blocks.json", "the same, batch 32 (first call)",
+     "other_batches/32/compile_blocks"),
+    ("2026-11-27/issue17b/step_b32_packed.json", "ours, both levers + the frozen reader's "
+     "encoder packed (`--token_capacity 0.8`, second call)", None),
 )
 # Scaling results: the issue-17 step JSONs with the levers on (the trainer's default) and
 # every scale_* JSON.

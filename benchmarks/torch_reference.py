@@ -136,8 +136,11 @@ class TorchGRerank:
         target_len = answers.shape[1]
         bias = bias[:, None, None, :].to(self.reader_dtype).expand(b, 1, target_len, d * length)
         decoder_inputs = torch.cat([torch.zeros_like(answers[:, :1]), answers[:, :-1]], dim=1)
+        # use_cache=False: training needs no key/value cache, and building one makes every
+        # decoder layer's compiled graph guard on its own cache slot (torch.compile
+        # recompiled per layer and hit dynamo's recompile limit on the H100).
         logits = self.reader(encoder_outputs=(memory,), attention_mask=bias,
-                             decoder_input_ids=decoder_inputs).logits
+                             decoder_input_ids=decoder_inputs, use_cache=False).logits
         log_probs = torch.log_softmax(logits.float(), -1).gather(-1, answers[..., None])[..., 0]
         log_probs = torch.where(answer_mask, log_probs, torch.zeros_like(log_probs))
         per_question = log_probs.sum(-1) / answer_mask.sum(-1).clamp(min=1)
@@ -163,7 +166,7 @@ def rankt5_scores(ranker, ids, mask, *, score_token: int):
     start = torch.full((flat_ids.shape[0], 1), ranker.config.decoder_start_token_id,
                        dtype=torch.long, device=ids.device)
     hidden = ranker.decoder(input_ids=start, encoder_hidden_states=memory[0],
-                            encoder_attention_mask=flat_mask)[0][:, 0]
+                            encoder_attention_mask=flat_mask, use_cache=False)[0][:, 0]
     # transformers >= 5 keeps the scaling flag apart (it reports every T5 head as tied).
     tied = getattr(ranker.config, "scale_decoder_outputs", ranker.config.tie_word_embeddings)
     scale = ranker.config.d_model**-0.5 if tied else 1.0
