@@ -11,6 +11,10 @@
 #   PART=2: the step at batch 32 with the reader's encoder packed (a profile), the peer
 #           compiled per block with dynamo's recompile limit raised (batch 16 and 32),
 #           reranking throughput against transformers, generation at 100 passages.
+#   PART=3: what is still unmeasured, for the next device call: the peer compiled per block
+#           now that it decodes without a cache (batch 16 and 32) after our step at batch 32
+#           in the same call, generation at 100 passages, the baselines and batch 48 (most
+#           important first; the limits add up to 840 s, so a 600-s call may cut the tail).
 #   GUMBEL_JAX_COMMIT=$(git rev-parse HEAD) PART=1 bash benchmarks/scripts/h100_issue17_part2.sh
 # CPU dry run on tiny models (SLOW stretches the time limits):
 #   SIZE=tiny ATTENTION=xla SLOW=6 PART=1 OUT=/tmp/issue17b bash benchmarks/scripts/h100_issue17_part2.sh
@@ -24,8 +28,8 @@ SLOW=${SLOW:-1}
 PART=${PART:-1}
 R="$OUT/issue17b"
 mkdir -p "$R"
-if [ "$SIZE" = paper ]; then B16=16 B32=32 GB=8 ROWS=1000
-else B16=2 B32=3 GB=2 ROWS=32; fi
+if [ "$SIZE" = paper ]; then B16=16 B32=32 B48=48 GB=8 ROWS=1000
+else B16=2 B32=3 B48=4 GB=2 ROWS=32; fi
 START=$(date +%s)
 elapsed() { echo "elapsed $(( $(date +%s) - START )) s: $*"; }
 limited() {  # limited NAME SECONDS MODULE ARGS...: one benchmark run, its JSON at $R/NAME.json
@@ -50,6 +54,19 @@ if [ "$PART" = 1 ]; then
     limited generation_d10 90 generation --size "$SIZE" --dtype bfloat16 \
         --attention "$ATTENTION" --batch "$GB" --docs 10 --max_length 32 --num_beams 1 \
         --steps "$STEPS" --torch
+elif [ "$PART" = 3 ]; then
+    step step_b32_packed 120 --batch "$B32" --token_capacity 0.8
+    limited torch_compile_blocks 240 torch_reference --size "$SIZE" --batch "$B16" --check \
+        --steps "$STEPS" --modes eager compile_blocks --extra_batches "$B32" \
+        --extra_modes compile_blocks
+    limited generation_d100 100 generation --size "$SIZE" --dtype bfloat16 \
+        --attention "$ATTENTION" --batch "$GB" --docs 100 --max_length 32 --num_beams 1 \
+        --steps "$STEPS" --torch
+    for objective in emdr adist loop; do
+        step "scale_${objective}_b32" 90 --batch "$B32" --objective "$objective" \
+            --token_capacity 0.8
+    done
+    step scale_g_rerank_b48 110 --batch "$B48" --token_capacity 0.8
 else
     step step_b32_packed 130 --batch "$B32" --token_capacity 0.8 --profile "$R/trace"
     rm -rf "$R/trace"
