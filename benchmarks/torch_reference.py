@@ -103,7 +103,9 @@ class TorchGRerank:
         self.torch, self.device, self.k, self.tau, self.kappa = torch, device, k, tau, kappa
         self.reader = _reader(reader_cfg, transformers, device=device, dtype=dtype)
         self.ranker = transformers.T5ForConditionalGeneration(
-            _hf_config(ranker_cfg, transformers, "sdpa")).to(device).train()
+            _hf_config(ranker_cfg, transformers, "sdpa"))
+        untie_head(self.ranker, ranker_cfg)  # RankT5's head is its own matrix, as in ours
+        self.ranker = self.ranker.to(device).train()
         self.weights = MasterWeights(self.ranker, dtype=dtype, fused=device == "cuda")
         self.score_token = score_token
         self.reader_dtype = dtype
@@ -174,6 +176,16 @@ def rankt5_scores(ranker, ids, mask, *, score_token: int):
     return ((hidden.float() * scale) @ row.float()).view(leading)
 
 
+def untie_head(model, config) -> None:
+    """Give an untied head (our ``config.tie_word_embeddings`` False: T5 v1.1, RankT5) its own
+    parameter: transformers >= 5 ties T5's head to the embedding whatever the config says,
+    which would train (and load) one matrix where the model has two."""
+    import torch
+
+    if not config.tie_word_embeddings and model.lm_head.weight is model.shared.weight:
+        model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+
+
 def torch_t5_from_ours(t5, *, device, attn_implementation: str = "sdpa"):
     """transformers' ``T5ForConditionalGeneration`` holding the weights of our ``t5``
     (``checkpoints.export.t5_to_tensors``), in its compute dtype, in eval mode."""
@@ -187,10 +199,7 @@ def torch_t5_from_ours(t5, *, device, attn_implementation: str = "sdpa"):
     config = transformers.T5Config(**t5_config_to_hf(t5.config))
     config._attn_implementation = attn_implementation
     model = transformers.T5ForConditionalGeneration(config)
-    if not t5.config.tie_word_embeddings and model.lm_head.weight is model.shared.weight:
-        # transformers >= 5 ties T5's head to the embedding whatever the config says; an
-        # untied head (T5 v1.1, RankT5) needs its own storage before loading.
-        model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+    untie_head(model, t5.config)
     tensors = {name: torch.from_numpy(np.array(value, np.float32))
                for name, value in t5_to_tensors(t5).items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)

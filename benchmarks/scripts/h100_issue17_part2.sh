@@ -11,10 +11,10 @@
 #   PART=2: the step at batch 32 with the reader's encoder packed (a profile), the peer
 #           compiled per block with dynamo's recompile limit raised (batch 16 and 32),
 #           reranking throughput against transformers, generation at 100 passages.
-#   PART=3: what is still unmeasured, for the next device call: the peer compiled per block
-#           now that it decodes without a cache (batch 16 and 32) after our step at batch 32
-#           in the same call, generation at 100 passages, the baselines and batch 48 (most
-#           important first; the limits add up to 840 s, so a 600-s call may cut the tail).
+#   PART=3: what is still unmeasured, for the next device call: our step at batch 32 with
+#           and without packing in one call, the peer compiled per block now that it decodes
+#           without a cache and its head is untied (batch 16 and 32), generation at 100
+#           passages, the baselines and batch 48 (most important first; the limits add up to 940 s, so a 600-s call may cut the tail).
 #   GUMBEL_JAX_COMMIT=$(git rev-parse HEAD) PART=1 bash benchmarks/scripts/h100_issue17_part2.sh
 # CPU dry run on tiny models (SLOW stretches the time limits):
 #   SIZE=tiny ATTENTION=xla SLOW=6 PART=1 OUT=/tmp/issue17b bash benchmarks/scripts/h100_issue17_part2.sh
@@ -55,6 +55,7 @@ if [ "$PART" = 1 ]; then
         --attention "$ATTENTION" --batch "$GB" --docs 10 --max_length 32 --num_beams 1 \
         --steps "$STEPS" --torch
 elif [ "$PART" = 3 ]; then
+    step step_b32 100 --batch "$B32"
     step step_b32_packed 120 --batch "$B32" --token_capacity 0.8
     limited torch_compile_blocks 240 torch_reference --size "$SIZE" --batch "$B16" --check \
         --steps "$STEPS" --modes eager compile_blocks --extra_batches "$B32" \

@@ -235,6 +235,9 @@ def validate_model(config: ModelConfig) -> None:
         raise ValueError(f"model.token_capacity={config.token_capacity} must be in [0, 1] "
                          "(the fraction of a batch's token slots the packed tokens get; 0: "
                          "off)")
+    if config.token_capacity and config.reader_kind != "fid":
+        raise ValueError(f"model.token_capacity={config.token_capacity} packs a FiD reader's "
+                         f"encoder; model.reader_kind={config.reader_kind!r} has none (set 0)")
     if config.num_beams < 1:
         raise ValueError(f"model.num_beams={config.num_beams} must be >= 1 (1: greedy)")
     if (config.reader == "tiny") != (config.reranker == "tiny"):

@@ -98,6 +98,12 @@ def test_torch_reference_is_the_fair_setup():
         dataclasses.replace(ranker_cfg, feed_forward_proj="gated-gelu"), transformers, "sdpa")
     assert gated.dense_act_fn == "gelu_new" and hf.dense_act_fn == "gelu_pytorch_tanh"
 
+    peer = torch_reference.TorchGRerank(reader_cfg, ranker_cfg, device="cpu",
+                                        dtype=torch.bfloat16, score_token=7, k=2)
+    # RankT5's head is untied (T5 v1.1), as ours: two matrices trained, not one.
+    assert not ranker_cfg.tie_word_embeddings
+    assert peer.ranker.lm_head.weight is not peer.ranker.shared.weight
+    assert any(p is peer.ranker.lm_head.weight for p in peer.weights.params)
     module = torch.nn.Linear(4, 3)
     weights = torch_reference.MasterWeights(module, dtype=torch.bfloat16, fused=False, lr=0.1)
     assert module.weight.dtype == torch.bfloat16 and weights.master[0].dtype == torch.float32

@@ -85,8 +85,10 @@ def test_rankt5_with_packed_encoder_equals_padded_float32(lengths, right_padded,
     assert np.abs(np.asarray(ffn)).max() > 0  # the packed feed-forward is trained
 
 
-def test_fid_encoder_packed_equals_padded_at_real_tokens_and_zero_at_padding():
-    reader = FiDReader.random(T5Config(**TINY), seed=3)
+@pytest.mark.parametrize("implementation", [None, "xla"])
+def test_fid_encoder_packed_equals_padded_at_real_tokens_and_zero_at_padding(implementation):
+    reader = FiDReader.random(T5Config(**TINY, attention_implementation=implementation),
+                              seed=3)
     ids, mask = _inputs(FITS)
     encode = nnx.jit(lambda r, i, m: r.encode(i, m))
     with jax.default_matmul_precision("highest"):
@@ -111,3 +113,6 @@ def test_factory_sets_the_capacity_and_rejects_a_bad_one():
     assert ranker.token_capacity == 0.0  # trained: packing there would cost memory
     with pytest.raises(ValueError, match=r"model.token_capacity=-0.1 must be in \[0, 1\]"):
         build_models(ModelConfig(token_capacity=-0.1, score_token_id=3), vocab_size=64)
+    with pytest.raises(ValueError, match="packs a FiD reader's encoder; model.reader_kind="):
+        build_models(ModelConfig(token_capacity=0.8, reader_kind="cepe", score_token_id=3),
+                     vocab_size=64)
