@@ -320,3 +320,23 @@ def test_dot_attention_hands_each_kernel_the_bias_it_needs(monkeypatch):
     np.testing.assert_array_equal(call["query_seq_lengths"], [6, 1])  # 0 -> 1: see docstring
     np.testing.assert_array_equal(call["key_value_seq_lengths"], [6, 1])
     assert call["query_seq_lengths"].dtype == jnp.int32
+    # cuDNN trains a bias only through even lengths: an odd one runs "xla".
+    odd = RightPaddedBias(shared[..., :5, :5], jnp.array([5, 3]))
+    dot_attention(q[:, :1].repeat(5, 1), k[:, :5], v[:, :5], odd, implementation="cudnn")
+    assert calls.pop()["implementation"] == "xla"
+
+
+def test_document_masked_attention_defaults_and_dense_right_padded_bias_dtype():
+    """The defaults: the bias method, and a dropout key without a rate drops nothing.
+    ``RightPaddedBias.dense`` returns the dtype asked for."""
+    q, k, v, log_mask, valid = _problem()
+    explicit = document_masked_attention(q, k, v, log_mask, valid, method="bias", scale=0.35)
+    default = document_masked_attention(q, k, v, log_mask, valid, scale=0.35)
+    keyed = document_masked_attention(q, k, v, log_mask, valid, scale=0.35,
+                                      dropout_key=jax.random.key(3))
+    np.testing.assert_array_equal(default, explicit)
+    np.testing.assert_array_equal(keyed, explicit)
+    bias = RightPaddedBias(jnp.zeros((1, 2, 4, 4)), jnp.array([4, 2]))
+    dense = bias.dense(jnp.bfloat16)
+    assert dense.dtype == jnp.bfloat16 and dense.shape == (2, 2, 4, 4)
+    assert float(dense[1, 0, 0, 3]) < -1e38 and float(dense[1, 0, 0, 1]) == 0.0

@@ -217,3 +217,15 @@ def test_gumbel_topk_checks_the_shape_of_where():
     scores = jnp.zeros((2, 4))
     with pytest.raises(ValueError, match=r"^where must have the shape of scores: expected"):
         ops.gumbel_topk(jax.random.key(0), scores, 2, where=jnp.array([True, True, False, True]))
+
+
+def test_sample_gumbel_is_finite_where_the_uniform_draw_is_exactly_zero():
+    """Key 4 and 2^22 draws: the float32 uniform bits of one draw are all zero (an exact 0 on
+    [0, 1)); the open interval (tiny, 1) turns it into float32's tiny, whose Gumbel value is
+    finite. A lower bound of 0 (or float64's tiny, 0 in float32) would give -inf there."""
+    u = jax.random.uniform(jax.random.key(4), (2**22,), jnp.float32, minval=0.0, maxval=1.0)
+    assert int((u == 0).sum()) == 1  # the draw this test is about
+    noise = ops.sample_gumbel(jax.random.key(4), (2**22,))
+    assert noise.dtype == jnp.float32 and bool(jnp.isfinite(noise).all())
+    tiny = float(jnp.finfo(jnp.float32).tiny)
+    assert float(noise.min()) == pytest.approx(-np.log(-np.log(tiny)), rel=1e-6)

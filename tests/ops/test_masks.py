@@ -105,3 +105,30 @@ def test_mask_to_log_mask_maps_zeros_to_the_finite_mask_value(dtype, lowest):
     np.testing.assert_array_equal(values[[0, 1, 1], [1, 0, 1]], half_lowest)
     np.testing.assert_allclose(values[[0, 0, 1], [0, 2, 2]], np.log([1.0, 0.5, 2.0]),
                                rtol=2**-8)
+
+
+def test_document_bias_leading_dims_one_question_and_extreme_masks():
+    """``[..., docs]`` masks: two leading dims (each question its own key layout), a single
+    question without a batch dim, and masks of -inf (floored at the finite mask value) and
+    above 0 (capped at 0); a non-float mask is refused."""
+    rng = np.random.default_rng(5)
+    doc_log_mask = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    doc_log_mask[0, 1, 2], doc_log_mask[1, 2, 0] = -np.inf, 0.7
+    key_doc_ids = rng.integers(-1, 5, size=(2, 3, 9)).astype(np.int32)
+    key_doc_ids[0, 1, :2], key_doc_ids[1, 2, :2] = 2, 0
+    key_valid = rng.random((2, 3, 9)) > 0.2
+    key_valid[0, 1, :2] = key_valid[1, 2, :2] = True
+    bias = np.asarray(ops.document_bias(doc_log_mask, key_doc_ids, key_valid))
+    assert bias.shape == (2, 3, 1, 1, 9)
+    expected = _reference_bias(doc_log_mask.reshape(6, 4), key_doc_ids.reshape(6, 9),
+                               key_valid.reshape(6, 9)).reshape(2, 3, 9)
+    neg = float(ops.mask_value(jnp.float32))
+    np.testing.assert_array_equal(bias[:, :, 0, 0], np.maximum(expected, neg))  # -inf floored
+    assert np.all(bias[0, 1, 0, 0, :2] == neg) and np.all(bias[1, 2, 0, 0, :2] == 0.0)
+    one = np.asarray(ops.document_bias(doc_log_mask[1, 1], key_doc_ids[1, 1]))
+    assert one.shape == (1, 1, 9)
+    np.testing.assert_array_equal(
+        one[0, 0], _reference_bias(doc_log_mask[1, 1][None], key_doc_ids[1, 1][None],
+                                   np.ones((1, 9), bool))[0])
+    with pytest.raises(ValueError, match="doc_log_mask must be float"):
+        ops.document_bias(jnp.zeros((2, 3), jnp.int32), jnp.zeros((5,), jnp.int32))
