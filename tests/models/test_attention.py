@@ -303,6 +303,11 @@ def test_dot_attention_hands_each_kernel_the_bias_it_needs(monkeypatch):
     check(dot_attention(q, k, v, bias, scale=0.5))
     assert not calls  # the einsum path
 
+    # The reader's masked cross-attention passes its kernel on (one document per key here).
+    document_masked_attention(q, k, v, jnp.zeros((batch, 2)), jnp.asarray(valid),
+                              implementation="xla")
+    assert calls.pop()["implementation"] == "xla"
+
     one_query = q[:, :1]
     dot_attention(one_query, k, v, bias, implementation="cudnn")
     assert calls.pop()["implementation"] == "xla"  # cuDNN: an odd query length with a bias
@@ -336,6 +341,12 @@ def test_document_masked_attention_defaults_and_dense_right_padded_bias_dtype():
                                       dropout_key=jax.random.key(3))
     np.testing.assert_array_equal(default, explicit)
     np.testing.assert_array_equal(keyed, explicit)
+    # Dropout reaches the bias path's kernel: the same mask as the blockwise path draws.
+    dropped = {method: document_masked_attention(
+        q, k, v, log_mask, valid, method=method, scale=0.35, dropout_key=jax.random.key(4),
+        dropout_rate=0.3) for method in ("bias", "blockwise")}
+    np.testing.assert_allclose(dropped["bias"], dropped["blockwise"], rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(dropped["bias"]) - np.asarray(explicit)).max() > 1e-2
     bias = RightPaddedBias(jnp.zeros((1, 2, 4, 4)), jnp.array([4, 2]))
     dense = bias.dense(jnp.bfloat16)
     assert dense.dtype == jnp.bfloat16 and dense.shape == (2, 2, 4, 4)
