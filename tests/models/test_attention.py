@@ -178,6 +178,8 @@ def test_cudnn_is_used_only_where_its_fused_kernel_supports_the_shape():
     assert kernel(1, 1, bias=False) == "cudnn"
     assert kernel(256, 256, dtype=jnp.float32) == "xla"  # cuDNN's kernel is bf16/fp16 only
     assert kernel(256, 256, dim=12) == "xla"
+    assert kernel(256, 256, dim=256) == "cudnn"  # Hopper's largest head dim
+    assert kernel(256, 255) == "xla"  # an odd key length with a bias (4 heads: even)
     assert supported_kernel("xla", None, None, has_bias=True) == "xla"
     assert supported_kernel(None, None, None, has_bias=True) is None
 
@@ -295,6 +297,15 @@ def test_dot_attention_hands_each_kernel_the_bias_it_needs(monkeypatch):
     call = calls.pop()
     assert call["bias"].dtype == jnp.float16
     assert np.isfinite(np.asarray(call["bias"], np.float64)).all()
+
+    # A dropout rate without a key (evaluation of a model trained with dropout) keeps the
+    # fused kernel.
+    check(dot_attention(q, k, v, bias, scale=0.5, implementation="cudnn", dropout_rate=0.1))
+    assert calls.pop()["implementation"] == "cudnn"
+    # A bias per head ([1, heads, q, k], T5's position bias) is broadcast over the batch.
+    per_head = jnp.zeros((1, heads, queries, length)).at[:, 1].set(0.5)
+    dot_attention(q, k, v, per_head, implementation="cudnn")
+    assert calls.pop()["bias"].shape == (batch, heads, queries, length)
 
     check(dot_attention(q, k, v, bias, scale=0.5, implementation="xla"))
     call = calls.pop()
