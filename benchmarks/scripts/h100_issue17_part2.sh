@@ -14,7 +14,8 @@
 #   PART=3: what is still unmeasured, for the next device call: our step at batch 32 with
 #           and without packing in one call, the peer compiled per block now that it decodes
 #           without a cache and its head is untied (batch 16 and 32), generation at 100
-#           passages, the baselines and batch 48 (most important first; the limits add up to 940 s, so a 600-s call may cut the tail).
+#           passages, the baselines and batch 48 (most important first; the limits add up
+#           to 940 s, so a 600-s call may cut the tail).
 #   GUMBEL_JAX_COMMIT=$(git rev-parse HEAD) PART=1 bash benchmarks/scripts/h100_issue17_part2.sh
 # CPU dry run on tiny models (SLOW stretches the time limits):
 #   SIZE=tiny ATTENTION=xla SLOW=6 PART=1 OUT=/tmp/issue17b bash benchmarks/scripts/h100_issue17_part2.sh
