@@ -90,12 +90,11 @@ def torch_greedy(reader: FiDReader, memory, key_mask, *, max_length: int):
 
     from benchmarks.torch_reference import torch_t5_from_ours
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = torch_t5_from_ours(reader.t5, device=device)
-    dtype = next(model.parameters()).dtype
+    model = torch_t5_from_ours(reader.t5)
+    device, dtype = model.device, model.dtype
     states = torch.from_numpy(np.asarray(memory.states, np.float32)).to(device, dtype)
     mask = torch.from_numpy(np.asarray(key_mask)).to(device).long()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def call():
         with torch.inference_mode():

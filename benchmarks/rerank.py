@@ -33,10 +33,9 @@ def torch_scorer(ranker, ids: np.ndarray, mask: np.ndarray):
 
     from benchmarks.torch_reference import rankt5_scores, torch_t5_from_ours
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = torch_t5_from_ours(ranker.t5, device=device)
-    torch_ids = torch.from_numpy(ids.astype(np.int64)).to(device)
-    torch_mask = torch.from_numpy(mask.astype(np.int64)).to(device)
+    model = torch_t5_from_ours(ranker.t5)
+    torch_ids = torch.from_numpy(ids.astype(np.int64)).to(model.device)
+    torch_mask = torch.from_numpy(mask.astype(np.int64)).to(model.device)
 
     def call():
         with torch.inference_mode():

@@ -186,14 +186,16 @@ def untie_head(model, config) -> None:
         model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
 
 
-def torch_t5_from_ours(t5, *, device, attn_implementation: str = "sdpa"):
+def torch_t5_from_ours(t5, *, attn_implementation: str = "sdpa"):
     """transformers' ``T5ForConditionalGeneration`` holding the weights of our ``t5``
-    (``checkpoints.export.t5_to_tensors``), in its compute dtype, in eval mode."""
+    (``checkpoints.export.t5_to_tensors``), in its compute dtype, in eval mode, on the GPU
+    when there is one (``model.device``)."""
     import torch
     import transformers
 
     from gumbel_jax.checkpoints.export import t5_config_to_hf, t5_to_tensors
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[str(np.dtype(
         t5.config.dtype))]
     config = transformers.T5Config(**t5_config_to_hf(t5.config))
