@@ -26,11 +26,13 @@ demo: $(VENV)/.runtime
 	$(BIN)/python -m experiments.demo
 
 # One pytest-xdist worker per core; a test file stays on one worker, so a module's shared
-# fixtures (the tiny grid, the demo runs) are built once. Workers share one compilation cache
-# (tests/conftest.py). At most 8: each worker is a JAX process with 8 host devices, and a
-# many-core machine with little memory should not start one per core.
+# fixtures (the tiny grid, the demo runs) are built once. Files are handed out in collection
+# order, longest first (tests/conftest.py's LONGEST_FILES), not xdist's most-tests-first.
+# Workers share one compilation cache (tests/conftest.py). At most 8: each worker is a JAX
+# process with 8 host devices, and a many-core machine with little memory should not start
+# one per core.
 PYTEST_WORKERS ?= auto
-PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses 8 --dist loadfile
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses 8 --dist loadfile --no-loadscope-reorder
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)

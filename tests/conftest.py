@@ -7,11 +7,20 @@ import os
 import shutil
 import tempfile
 
-# Tests that need several devices create them on the host; set before jax is imported.
-# Appended, not setdefault: a user's own XLA_FLAGS must not silently skip the 8-device tests.
-_DEVICES_FLAG = "--xla_force_host_platform_device_count"
-if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}=8".strip()
+# XLA flags of the test processes (and of their subprocesses, which inherit them), set before
+# jax is imported. Appended, not setdefault: a user's own XLA_FLAGS must not silently skip the
+# 8-device tests.
+# - 8 host devices: the sharding tests create their meshes on the host.
+# - LLVM at -O0: the tests' tiny models spend most of their time compiling, not running, and
+#   XLA's backend optimisation level 0 compiles about 40% faster (the tiny demo: 21.7 s ->
+#   12.7 s of compiling). The operations are the same; only the machine code's speed, and
+#   where a multiply-add is fused, may differ. The demo's claim depends on the float path, so
+#   its test runs in a subprocess without these flags, as `make demo` runs (test_demo.py).
+TEST_XLA_FLAGS = {"--xla_force_host_platform_device_count": "8",
+                  "--xla_backend_optimization_level": "0"}
+for _flag, _value in TEST_XLA_FLAGS.items():
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip()
 
 # JAX's persistent compilation cache, in a fresh folder per run: programs compiled again by
 # another jit wrapper (resumed runs, the grid's cells, the CLI's subprocesses, which inherit
@@ -51,7 +60,37 @@ def _has_gpu() -> bool:
         return False
 
 
+# The longest test files, longest first (seconds of one `make test` worker, measured on 2
+# cores; docs/testing.md). pytest-xdist hands whole files to its workers in collection order
+# (`--dist loadfile --no-loadscope-reorder`, Makefile), so these start first and the short
+# files fill in at the end: neither core waits on one long file while the other is idle.
+# A file not listed runs after these, in pytest's order.
+LONGEST_FILES = (
+    "tests/test_paper_grid.py",
+    "tests/test_demo.py",
+    "tests/training/test_loop.py",
+    "tests/test_readme.py",
+    "tests/test_demo_claim.py",
+    "tests/training/test_train_reader.py",
+    "tests/training/test_multiprocess.py",
+    "tests/test_rerank.py",
+    "tests/benchmarks/test_benchmarks_tiny.py",
+    "tests/models/test_generation.py",
+    "tests/models/test_fid.py",
+    "tests/models/test_cepe.py",
+    "tests/test_objectives.py",
+    "tests/training/test_factory.py",
+    "tests/checkpoints/test_export.py",
+)
+
+
+def _file_rank(item) -> int:
+    path = item.nodeid.split("::")[0]
+    return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_file_rank)  # stable: a file's tests keep their order
     if _has_gpu():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none found")
