@@ -1,0 +1,130 @@
+"""Does the demo's G-Rerank keep the bridge on this machine's float path, and how much does the
+frozen reader's loss rise when the bridge is faint? (Issue 14; docs/demo.md, "Why G-Rerank
+was unstable".)
+
+The float path is whatever this process runs under: ``XLA_FLAGS`` (fast math, the number of
+host devices, the backend optimisation level), the thread count. Run it under several::
+
+    python -m experiments.demo_float_path --out runs/float_path/default.json
+    XLA_FLAGS=--xla_cpu_enable_fast_math=true \\
+        python -m experiments.demo_float_path --out runs/float_path/fast_math.json
+
+It trains the demo's reader at the demo's size (``experiments.demo``'s defaults), then:
+
+- the reader's mean per-token NLL of the gold answer on the held-out questions when it reads
+  every answer-like passage at mask weight 1 and the bridge at weight w (each of
+  ``BRIDGE_WEIGHTS``), every other candidate masked out: the relaxed top-k mask gives a
+  passage just outside the top k a weight between 0 and 1, so the rise from w = 1 to small w
+  is what G-Rerank's training loss sees of a bridge it ranks just below the answer-like
+  passages;
+- G-Rerank's held-out bridge Recall@k for each ``--taus`` x ``--relaxations`` setting and
+  each seed, ``--ranker_steps`` steps as in the demo.
+
+Writes one JSON (``--out``) with the XLA flags, the git commit and the exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from experiments import demo
+from gumbel_jax.data.pipeline import stack_examples
+
+BRIDGE_WEIGHTS = (0.0, 0.1, 0.3, 1.0)
+
+
+def bridge_weight_nll(reader, batch, roles: np.ndarray, weights=BRIDGE_WEIGHTS) -> dict:
+    """``{w: mean per-token NLL of the gold answer}`` when the reader reads the answer-like
+    passages of each question at mask weight 1 and its bridge at weight ``w``.
+
+    Args:
+      reader: a frozen reader.
+      batch: the featurised held-out questions (``Batch`` fields).
+      roles: ``[questions, docs]`` the candidates' roles (``gumbel_jax.data.synthetic.ROLES``).
+      weights: the bridge weights.
+    """
+    import jax.numpy as jnp
+
+    from gumbel_jax import ops
+    from gumbel_jax.data.batch import Batch
+    from gumbel_jax.training.reader import reader_loss
+
+    batch = Batch.of({name: jnp.asarray(value) for name, value in batch.items()})
+    answer_like = jnp.asarray((roles == "answer") | (roles == "distractor"))
+    bridge = jnp.asarray(roles == "bridge")
+    return {weight: float(reader_loss(reader, batch, ops.mask_to_log_mask(
+        jnp.where(bridge, weight, answer_like.astype(jnp.float32)))))
+        for weight in weights}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = demo.DemoConfig()
+    parser.add_argument("--num_train", type=int, default=defaults.num_train)
+    parser.add_argument("--num_eval", type=int, default=64, help="held-out questions")
+    parser.add_argument("--reader_steps", type=int, default=defaults.reader_steps)
+    parser.add_argument("--ranker_steps", type=int, default=defaults.ranker_steps)
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--taus", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--relaxations", nargs="+", default=["l2x"],
+                        choices=["l2x", "subset", "no_noise", "straight_through"])
+    parser.add_argument("--out", help="the JSON to write (printed either way)")
+    args = parser.parse_args(argv)
+    if min(args.num_train, args.num_eval, args.reader_steps, args.ranker_steps, args.seeds,
+           args.batch_size, args.k) < 1:
+        parser.error("sizes, steps, --seeds and --k must be >= 1")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    config = demo.DemoConfig(num_train=args.num_train, num_eval=args.num_eval, num_dev=8,
+                             reader_steps=args.reader_steps, ranker_steps=args.ranker_steps,
+                             batch_size=args.batch_size, seeds=args.seeds, ks=(args.k,),
+                             tune=False, methods=("G-Rerank",))
+    train, _, held_out, tokenizer, featurize = demo.build_data(config)
+    train_examples = [featurize(record) for record in train]
+    held_out_examples = {record.id: featurize(record) for record in held_out}
+    eval_batch = stack_examples(list(held_out_examples.values()))
+    reader, losses, _ = demo.train_reader_stage(config, train_examples, len(tokenizer))
+    roles = np.array([record.metadata["roles"] for record in held_out])
+    nll = bridge_weight_nll(reader, eval_batch, roles)
+    trainer = demo.RankerTrainer(config, reader, tokenizer, train_examples, eval_batch)
+    recall = {}
+    for relaxation in args.relaxations:
+        for tau in args.taus:
+            point = {"tau": tau, "relaxation": relaxation}
+            per_seed = []
+            for seed in range(args.seeds):
+                ranker, *_ = trainer.train(demo.objective_for("G-Rerank", args.k, point), seed,
+                                           curve=False)
+                metrics, _ = trainer.evaluate(ranker, held_out, held_out_examples, args.k)
+                per_seed.append(100 * float(metrics[f"indirect_recall@{args.k}"]))
+            recall[f"{relaxation}, tau={tau:g}"] = per_seed
+    tail = losses[-50:]
+    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "settings": vars(args),
+            "reader_final_loss": float(np.mean(tail)),
+            "gold_nll_by_bridge_weight": {f"{w:g}": value for w, value in nll.items()},
+            "nll_rise_bridge_1_to_0.1": nll[0.1] - nll[1.0],
+            f"g_rerank_bridge_recall@{args.k}_per_seed": recall,
+            "seconds": time.perf_counter() - start}
+
+
+def main(argv=None) -> int:
+    from benchmarks.common import write_report
+
+    args = parse_args(argv)
+    write_report(args.out, run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
