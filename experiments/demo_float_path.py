@@ -3,7 +3,8 @@ frozen reader's loss rise when the bridge is faint? (Issue 14; docs/demo.md, "Wh
 was unstable".)
 
 The float path is whatever this process runs under: ``XLA_FLAGS`` (fast math, the number of
-host devices, the backend optimisation level), the thread count. Run it under several::
+host devices, the backend optimisation level), the CPUs it may use (recorded). Run it under
+several::
 
     python -m experiments.demo_float_path --out runs/float_path/default.json
     XLA_FLAGS=--xla_cpu_enable_fast_math=true \\
@@ -21,6 +22,8 @@ It trains the demo's reader at the demo's size (``experiments.demo``'s defaults)
   each seed, ``--ranker_steps`` steps as in the demo.
 
 Writes one JSON (``--out``) with the XLA flags, the git commit and the exact command.
+``python -m experiments.demo_float_path --table A.json B.json ...`` prints such reports as
+the markdown table docs/demo.md shows.
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> dict:
                 per_seed.append(100 * float(metrics[f"indirect_recall@{args.k}"]))
             recall[f"{relaxation}, tau={tau:g}"] = per_seed
     tail = losses[-50:]
-    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "settings": vars(args),
+    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": len(os.sched_getaffinity(0)),
+            "settings": vars(args),
             "reader_final_loss": float(np.mean(tail)),
             "gold_nll_by_bridge_weight": {f"{w:g}": value for w, value in nll.items()},
             "nll_rise_bridge_1_to_0.1": nll[0.1] - nll[1.0],
@@ -118,9 +122,40 @@ def run(args: argparse.Namespace) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def markdown_table(reports: list[dict]) -> str:
+    """The reports (JSONs this module wrote) as one markdown table, one row per report, in
+    the order given; docs/demo.md shows it (``--table``)."""
+    weights = list(reports[0]["gold_nll_by_bridge_weight"])
+    key = next(name for name in reports[0] if name.startswith("g_rerank_bridge"))
+    settings = list(reports[0][key])
+    k = key.split("@")[1].split("_")[0]
+    header = (["XLA_FLAGS", "CPUs", "reader steps"] + [f"NLL, bridge w = {w}" for w in weights]
+              + ["rise, w = 1 to 0.1"] + [f"bridge R@{k} per seed, {s}" for s in settings])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for report in reports:
+        nll = report["gold_nll_by_bridge_weight"]
+        recall = report[key]
+        cells = ([f"`{report['xla_flags']}`" if report["xla_flags"] else "(none)",
+                  str(report["cpus"]), str(report["settings"]["reader_steps"])]
+                 + [f"{nll[w]:.3f}" for w in weights]
+                 + [f"{report['nll_rise_bridge_1_to_0.1']:.3f}"]
+                 + [" / ".join(f"{r:.1f}" for r in recall[s]) for s in settings])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     from benchmarks.common import write_report
 
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--table"]:
+        import json
+        import pathlib
+
+        print(markdown_table([json.loads(pathlib.Path(path).read_text()) for path in argv[1:]]),
+              end="")
+        return 0
     args = parse_args(argv)
     write_report(args.out, run(args))
     return 0
