@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--relaxations", nargs="+", default=["l2x"],
                         choices=["l2x", "subset", "no_noise", "straight_through"])
     parser.add_argument("--out", help="the JSON to write (printed either way)")
+    parser.add_argument("--table", nargs="+", metavar="REPORT",
+                        help="print these reports as one markdown table instead of running")
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_eval, args.reader_steps, args.ranker_steps, args.seeds,
            args.batch_size, args.k) < 1:
@@ -147,16 +149,14 @@ def markdown_table(reports: list[dict]) -> str:
 def main(argv=None) -> int:
     from benchmarks.common import write_report
 
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--table"]:
+    args = parse_args(argv)
+    if args.table:
         import json
         import pathlib
 
-        print(markdown_table([json.loads(pathlib.Path(path).read_text()) for path in argv[1:]]),
-              end="")
+        print(markdown_table([json.loads(pathlib.Path(path).read_text())
+                              for path in args.table]), end="")
         return 0
-    args = parse_args(argv)
     write_report(args.out, run(args))
     return 0
 

@@ -79,6 +79,7 @@ LONGEST_FILES = (
     "tests/models/test_fid.py",
     "tests/models/test_cepe.py",
     "tests/test_objectives.py",
+    "tests/test_demo_float_path.py",
     "tests/training/test_factory.py",
     "tests/checkpoints/test_export.py",
 )

@@ -2,6 +2,7 @@
 recall, written with the float path's XLA flags."""
 
 import json
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -58,3 +59,17 @@ def test_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         demo_float_path.parse_args(["--seeds", "0"])
     assert "--seeds" in capsys.readouterr().err
+
+
+FLOAT_PATHS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "demo" / "float_paths"
+# docs/demo.md's tables, in its order: the reader trained 2,500 steps on five float paths,
+# then 5,000 steps on the two where G-Rerank lost the bridge and on the default path.
+DOCUMENTED = (["8_host_devices_O0", "8_host_devices", "default", "one_cpu", "fast_math"],
+              ["8_host_devices_O0_5000_steps", "8_host_devices_5000_steps", "default_5000_steps"])
+
+
+def test_docs_tables_are_the_recorded_reports():
+    page = (FLOAT_PATHS.parents[1] / "demo.md").read_text()
+    for names in DOCUMENTED:
+        reports = [json.loads((FLOAT_PATHS / f"{name}.json").read_text()) for name in names]
+        assert demo_float_path.markdown_table(reports) in page, names
