@@ -124,6 +124,20 @@ def run(args: argparse.Namespace) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def _read_report(path: str) -> dict:
+    """A report this module wrote; ValueError naming what is missing otherwise."""
+    import json
+    import pathlib
+
+    report = json.loads(pathlib.Path(path).read_text())  # JSONDecodeError is a ValueError
+    needed = ("xla_flags", "cpus", "settings", "gold_nll_by_bridge_weight",
+              "nll_rise_bridge_1_to_0.1")
+    missing = [name for name in needed if name not in report]
+    if missing or not any(name.startswith("g_rerank_bridge") for name in report):
+        raise ValueError(f"not a demo_float_path report (missing {missing or 'the recall'})")
+    return report
+
+
 def markdown_table(reports: list[dict]) -> str:
     """The reports (JSONs this module wrote) as one markdown table, one row per report, in
     the order given; docs/demo.md shows it (``--table``)."""
@@ -151,11 +165,14 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     if args.table:
-        import json
-        import pathlib
-
-        print(markdown_table([json.loads(pathlib.Path(path).read_text())
-                              for path in args.table]), end="")
+        reports = []
+        for path in args.table:
+            try:
+                reports.append(_read_report(path))
+            except (OSError, ValueError) as error:
+                print(f"error: {path}: {error}", file=sys.stderr)
+                return 2
+        print(markdown_table(reports), end="")
         return 0
     write_report(args.out, run(args))
     return 0

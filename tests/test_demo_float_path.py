@@ -73,3 +73,12 @@ def test_docs_tables_are_the_recorded_reports():
     for names in DOCUMENTED:
         reports = [json.loads((FLOAT_PATHS / f"{name}.json").read_text()) for name in names]
         assert demo_float_path.markdown_table(reports) in page, names
+
+
+def test_table_of_a_bad_report_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"xla_flags": ""}')
+    assert demo_float_path.main(["--table", str(bad)]) == 2
+    assert f"{bad}: not a demo_float_path report" in capsys.readouterr().err
+    assert demo_float_path.main(["--table", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err
