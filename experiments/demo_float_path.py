@@ -29,6 +29,7 @@ the markdown table docs/demo.md shows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -89,32 +90,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenReaderSetup:
+    """The demo's data and its trained, frozen reader, ready to train rerankers on."""
+    trainer: demo.RankerTrainer
+    reader: object
+    reader_losses: list[float]
+    held_out: list  # the held-out Records
+    held_out_examples: dict  # record id -> featurised example
+    eval_batch: dict  # the held-out examples stacked
+
+
+def train_frozen_reader(config: demo.DemoConfig) -> FrozenReaderSetup:
+    """Build ``config``'s world and train its reader, as ``make demo`` does."""
+    train, _, held_out, tokenizer, featurize = demo.build_data(config)
+    train_examples = [featurize(record) for record in train]
+    held_out_examples = {record.id: featurize(record) for record in held_out}
+    eval_batch = stack_examples(list(held_out_examples.values()))
+    reader, losses, _ = demo.train_reader_stage(config, train_examples, len(tokenizer))
+    trainer = demo.RankerTrainer(config, reader, tokenizer, train_examples, eval_batch)
+    return FrozenReaderSetup(trainer, reader, losses, held_out, held_out_examples, eval_batch)
+
+
+def bridge_recall_per_seed(setup: FrozenReaderSetup, method: str, point: dict, *, seeds: int,
+                           k: int) -> list[float]:
+    """Held-out bridge Recall@k (a fraction) of ``method`` at ``point``, one per seed."""
+    recalls = []
+    for seed in range(seeds):
+        ranker, *_ = setup.trainer.train(demo.objective_for(method, k, point), seed, curve=False)
+        metrics, _ = setup.trainer.evaluate(ranker, setup.held_out, setup.held_out_examples, k)
+        recalls.append(float(metrics[f"indirect_recall@{k}"]))
+    return recalls
+
+
 def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     config = demo.DemoConfig(num_train=args.num_train, num_eval=args.num_eval, num_dev=8,
                              reader_steps=args.reader_steps, ranker_steps=args.ranker_steps,
                              batch_size=args.batch_size, seeds=args.seeds, ks=(args.k,),
                              tune=False, methods=("G-Rerank",))
-    train, _, held_out, tokenizer, featurize = demo.build_data(config)
-    train_examples = [featurize(record) for record in train]
-    held_out_examples = {record.id: featurize(record) for record in held_out}
-    eval_batch = stack_examples(list(held_out_examples.values()))
-    reader, losses, _ = demo.train_reader_stage(config, train_examples, len(tokenizer))
-    roles = np.array([record.metadata["roles"] for record in held_out])
-    nll = bridge_weight_nll(reader, eval_batch, roles)
-    trainer = demo.RankerTrainer(config, reader, tokenizer, train_examples, eval_batch)
-    recall = {}
-    for relaxation in args.relaxations:
-        for tau in args.taus:
-            point = {"tau": tau, "relaxation": relaxation}
-            per_seed = []
-            for seed in range(args.seeds):
-                ranker, *_ = trainer.train(demo.objective_for("G-Rerank", args.k, point), seed,
-                                           curve=False)
-                metrics, _ = trainer.evaluate(ranker, held_out, held_out_examples, args.k)
-                per_seed.append(100 * float(metrics[f"indirect_recall@{args.k}"]))
-            recall[f"{relaxation}, tau={tau:g}"] = per_seed
-    tail = losses[-50:]
+    setup = train_frozen_reader(config)
+    roles = np.array([record.metadata["roles"] for record in setup.held_out])
+    nll = bridge_weight_nll(setup.reader, setup.eval_batch, roles)
+    recall = {f"{relaxation}, tau={tau:g}": [
+        100 * r for r in bridge_recall_per_seed(setup, "G-Rerank",
+                                                {"tau": tau, "relaxation": relaxation},
+                                                seeds=args.seeds, k=args.k)]
+        for relaxation in args.relaxations for tau in args.taus}
+    tail = setup.reader_losses[-50:]
     return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": len(os.sched_getaffinity(0)),
             "settings": vars(args),
             "reader_final_loss": float(np.mean(tail)),

@@ -15,7 +15,8 @@ import tempfile
 #   XLA's backend optimisation level 0 compiles about 40% faster (the tiny demo: 21.7 s ->
 #   12.7 s of compiling). The operations are the same; only the machine code's speed, and
 #   where a multiply-add is fused, may differ. The demo's claim depends on the float path, so
-#   its test runs in a subprocess without these flags, as `make demo` runs (test_demo.py).
+#   its test runs in a subprocess without these flags, as `make demo` runs
+#   (test_demo_claim.py).
 TEST_XLA_FLAGS = {"--xla_force_host_platform_device_count": "8",
                   "--xla_backend_optimization_level": "0"}
 for _flag, _value in TEST_XLA_FLAGS.items():

@@ -40,24 +40,14 @@ SEEDS = 3
 
 def bridge_recalls() -> dict[str, list[float]]:
     """``{method: [held-out bridge Recall@5 of each seed]}`` at the reduced demo size."""
-    from experiments import demo
-    from gumbel_jax.data.pipeline import stack_examples
+    from experiments import demo, demo_float_path
 
     config = demo.DemoConfig(num_eval=64, num_dev=8, seeds=SEEDS, ks=(5,), tune=False,
                              methods=tuple(SETTINGS))
-    train, _, held_out, tokenizer, featurize = demo.build_data(config)
-    train_examples = [featurize(record) for record in train]
-    held_out_examples = {record.id: featurize(record) for record in held_out}
-    eval_batch = stack_examples(list(held_out_examples.values()))
-    reader, _, _ = demo.train_reader_stage(config, train_examples, len(tokenizer))
-    trainer = demo.RankerTrainer(config, reader, tokenizer, train_examples, eval_batch)
-    bridge = {method: [] for method in SETTINGS}
-    for method, point in SETTINGS.items():
-        for seed in range(config.seeds):
-            ranker, *_ = trainer.train(demo.objective_for(method, 5, point), seed, curve=False)
-            metrics, _ = trainer.evaluate(ranker, held_out, held_out_examples, 5)
-            bridge[method].append(float(metrics["indirect_recall@5"]))
-    return bridge
+    setup = demo_float_path.train_frozen_reader(config)
+    return {method: demo_float_path.bridge_recall_per_seed(setup, method, point, seeds=SEEDS,
+                                                           k=5)
+            for method, point in SETTINGS.items()}
 
 
 def _demo_environment() -> dict[str, str]:
