@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
 import pathlib
 import sys
 import time
@@ -77,7 +78,7 @@ class DemoConfig:
     # models: tiny T5s (the reader reads, so it gets the second decoder layer)
     d_model: int = 32
     num_heads: int = 2
-    reader_steps: int = 2500
+    reader_steps: int = 10000
     reader_learning_rate: float = 3e-3
     # passages per question while the reader trains: up to all 10, as G-Rerank's soft mask
     # reads them (FiD reads every candidate); docs/demo.md says what 7 and 10 changed
@@ -640,7 +641,7 @@ def run(config: DemoConfig) -> dict:
     results = {"config": dataclasses.asdict(config), "timing_s": timing,
                "reader": {"exact_match": reader_em, "final_loss": reader_losses[-1]},
                "answer_like_per_question": np.bincount(answer_like_counts(held_out)).tolist(),
-               "by_k": by_k, "curve_steps": curve_steps(config)}
+               "by_k": by_k, "curve_steps": curve_steps(config), "provenance": provenance()}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     tables = markdown_tables(results)
     (out / "results.md").write_text(header(results) + tables + "\n![indirect recall]"
@@ -653,6 +654,21 @@ def run(config: DemoConfig) -> dict:
     return results
 
 
+def float_path() -> dict:
+    """What this process's floating-point results depend on, beyond the code: the XLA flags
+    and the CPUs it may use. The frozen reader's training ends in a different function on
+    each path (docs/demo.md, "Why G-Rerank was unstable")."""
+    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": len(os.sched_getaffinity(0))}
+
+
+def provenance() -> dict:
+    """Where a run's numbers came from: the git commit, the command, the library versions
+    (``benchmarks.common.provenance``) and the :func:`float_path`."""
+    from benchmarks.common import provenance as source
+
+    return {**source(), **float_path()}
+
+
 def header(results: dict) -> str:
     """results.md's title and the line naming the command and its time."""
     timing = results["timing_s"]
@@ -661,9 +677,18 @@ def header(results: dict) -> str:
     command = " ".join(["python -m experiments.demo", *_argv(config)])
     return ("# gumbel-jax demo: G-Rerank vs. per-document signals on the synthetic "
             "multi-hop world\n\n"
-            f"`{command}` — {timing['total_s'] / 60:.1f} min on this machine "
+            f"`{command}` — {timing['total_s'] / 60:.1f} min on this machine{_source(results)} "
             f"(world {timing['world_s']:.0f} s, reader {timing['reader_s']:.0f} s, "
             f"rerankers {timing['rerankers_s']:.0f} s).\n\n")
+
+
+def _source(results: dict) -> str:
+    """", commit abc1234, 2 CPUs, XLA_FLAGS=..." for a run that recorded them."""
+    source = results.get("provenance")
+    if not source:
+        return ""
+    flags = f", XLA_FLAGS={source['xla_flags']}" if source["xla_flags"] else ""
+    return f" (commit {source['git_commit'][:7]}, {source['cpus']} CPUs{flags})"
 
 
 def _argv(config: DemoConfig) -> list[str]:

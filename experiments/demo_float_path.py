@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 
@@ -138,8 +137,7 @@ def run(args: argparse.Namespace) -> dict:
                                                 seeds=args.seeds, k=args.k)]
         for relaxation in args.relaxations for tau in args.taus}
     tail = setup.reader_losses[-50:]
-    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": len(os.sched_getaffinity(0)),
-            "settings": vars(args),
+    return {**demo.float_path(), "settings": vars(args),
             "reader_final_loss": float(np.mean(tail)),
             "gold_nll_by_bridge_weight": {f"{w:g}": value for w, value in nll.items()},
             "nll_rise_bridge_1_to_0.1": nll[0.1] - nll[1.0],

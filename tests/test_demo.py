@@ -2,6 +2,7 @@
 each method trains with its own objective."""
 
 import json
+import os
 import pathlib
 
 import pytest
@@ -71,6 +72,11 @@ def test_demo_writes_tables_json_and_plots(tiny_run):
     assert "| Method | setting | Recall@5 | NDCG@5 | EM | F1 |" in table
     assert "| Method | Recall@5 | MRR | NDCG@5 |" in table and "| G-Rerank | default |" in table
     assert "--seeds 2" in table and "--no-tune" in table  # the command that made it
+    # where it came from: the commit and the float path the reader trained on
+    source = results["provenance"]
+    assert source["git_commit"] and source["cpus"] >= 1 and "jax" in source["versions"]
+    assert source["xla_flags"].split() == os.environ.get("XLA_FLAGS", "").split()
+    assert f"commit {source['git_commit'][:7]}, {source['cpus']} CPUs" in table
     for plot in ("indirect_recall.png", "top_k_roles.png"):
         assert (tiny_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
