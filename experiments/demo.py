@@ -508,6 +508,25 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def float_path_table(runs: list[dict], k: int) -> str:
+    """Demo runs on different float paths side by side (docs/demo.md): one row per run (its
+    ``results.json`` content, which recorded its :func:`provenance`), one column per method:
+    bridge Recall@k / EM at ``k``, mean ± std over the run's seeds, and the chosen setting."""
+    methods = runs[0]["config"]["methods"]
+    head = ["XLA_FLAGS", "CPUs", "seeds", *methods]
+    lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
+    for results in runs:
+        source, result = results["provenance"], results["by_k"][str(k)]
+        cells = [f"`{source['xla_flags']}`" if source["xla_flags"] else "(none)",
+                 str(source["cpus"]), str(results["config"]["seeds"])]
+        for method in methods:
+            stats = result["methods"][method]
+            cells.append(f"{_cell(stats[f'indirect_recall@{k}'])} / {_cell(stats['em'])} "
+                         f"({_setting(result, method)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def k_tables(results: dict, k: int) -> list[str]:
     """Tables 1-4 of one k: gold passages and answers, bridge passages, passage roles in
     the top k, and the tuning on the dev questions."""
@@ -677,18 +696,18 @@ def header(results: dict) -> str:
     command = " ".join(["python -m experiments.demo", *_argv(config)])
     return ("# gumbel-jax demo: G-Rerank vs. per-document signals on the synthetic "
             "multi-hop world\n\n"
-            f"`{command}` — {timing['total_s'] / 60:.1f} min on this machine{_source(results)} "
-            f"(world {timing['world_s']:.0f} s, reader {timing['reader_s']:.0f} s, "
-            f"rerankers {timing['rerankers_s']:.0f} s).\n\n")
+            f"`{command}` — {timing['total_s'] / 60:.1f} min on this machine "
+            f"({_source(results)}world {timing['world_s']:.0f} s, reader "
+            f"{timing['reader_s']:.0f} s, rerankers {timing['rerankers_s']:.0f} s).\n\n")
 
 
 def _source(results: dict) -> str:
-    """", commit abc1234, 2 CPUs, XLA_FLAGS=..." for a run that recorded them."""
+    """"commit abc1234, 2 CPUs, XLA_FLAGS=...; " for a run that recorded them."""
     source = results.get("provenance")
     if not source:
         return ""
     flags = f", XLA_FLAGS={source['xla_flags']}" if source["xla_flags"] else ""
-    return f" (commit {source['git_commit'][:7]}, {source['cpus']} CPUs{flags})"
+    return f"commit {source['git_commit'][:7]}, {source['cpus']} CPUs{flags}; "
 
 
 def _argv(config: DemoConfig) -> list[str]:

@@ -23,7 +23,8 @@ It trains the demo's reader at the demo's size (``experiments.demo``'s defaults)
 
 Writes one JSON (``--out``) with the XLA flags, the git commit and the exact command.
 ``python -m experiments.demo_float_path --table A.json B.json ...`` prints such reports as
-the markdown table docs/demo.md shows.
+the markdown table docs/demo.md shows; ``--demos runs/a/results.json runs/b/results.json``
+prints whole ``make demo`` runs made on different float paths side by side.
 """
 
 from __future__ import annotations
@@ -80,8 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--relaxations", nargs="+", default=["l2x"],
                         choices=["l2x", "subset", "no_noise", "straight_through"])
     parser.add_argument("--out", help="the JSON to write (printed either way)")
-    parser.add_argument("--table", nargs="+", metavar="REPORT",
+    tables = parser.add_mutually_exclusive_group()
+    tables.add_argument("--table", nargs="+", metavar="REPORT",
                         help="print these reports as one markdown table instead of running")
+    tables.add_argument("--demos", nargs="+", metavar="RESULTS_JSON",
+                        help="print these `experiments.demo` runs (their results.json) side "
+                             "by side, bridge Recall@k / EM per method at --k, instead of "
+                             "running")
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_eval, args.reader_steps, args.ranker_steps, args.seeds,
            args.batch_size, args.k) < 1:
@@ -159,6 +165,22 @@ def _read_report(path: str) -> dict:
     return report
 
 
+def _read_demo_run(path: str, k: int) -> dict:
+    """A demo run's results.json with its provenance and ``k``; ValueError otherwise."""
+    import json
+    import pathlib
+
+    results = json.loads(pathlib.Path(path).read_text())
+    if not isinstance(results, dict) or "by_k" not in results or "config" not in results:
+        raise ValueError("not an experiments.demo results.json")
+    if "provenance" not in results:
+        raise ValueError("no provenance recorded (a run from before the demo recorded it)")
+    if str(k) not in results["by_k"]:
+        raise ValueError(f"no k = {k} in this run (it has {sorted(results['by_k'])}); "
+                         "pass --k")
+    return results
+
+
 def markdown_table(reports: list[dict]) -> str:
     """The reports (JSONs this module wrote) as one markdown table, one row per report, in
     the order given; docs/demo.md shows it (``--table``)."""
@@ -185,15 +207,17 @@ def main(argv=None) -> int:
     from benchmarks.common import write_report
 
     args = parse_args(argv)
-    if args.table:
+    if args.table or args.demos:
         reports = []
-        for path in args.table:
+        for path in args.table or args.demos:
             try:
-                reports.append(_read_report(path))
+                reports.append(_read_report(path) if args.table
+                               else _read_demo_run(path, args.k))
             except (OSError, ValueError) as error:
                 print(f"error: {path}: {error}", file=sys.stderr)
                 return 2
-        print(markdown_table(reports), end="")
+        print(markdown_table(reports) if args.table else demo.float_path_table(reports, args.k),
+              end="")
         return 0
     write_report(args.out, run(args))
     return 0

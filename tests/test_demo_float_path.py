@@ -84,3 +84,22 @@ def test_table_of_a_bad_report_names_the_file(tmp_path, capsys):
     assert f"{bad}: not a demo_float_path report" in capsys.readouterr().err
     assert demo_float_path.main(["--table", str(tmp_path / "none.json")]) == 2
     assert "none.json" in capsys.readouterr().err
+
+
+def test_demos_of_a_bad_run_names_the_file(tmp_path, capsys):
+    """A float-path report, a run from before the demo recorded its provenance, and a k the
+    run lacks are each refused, naming the file (exit 2)."""
+    report = FLOAT_PATHS / "default.json"
+    assert demo_float_path.main(["--demos", str(report)]) == 2
+    assert f"{report}: not an experiments.demo results.json" in capsys.readouterr().err
+    recorded = json.loads((FLOAT_PATHS.parent / "results.json").read_text())
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({name: value for name, value in recorded.items()
+                               if name != "provenance"}))
+    assert demo_float_path.main(["--demos", str(old)]) == 2
+    assert f"{old}: no provenance recorded" in capsys.readouterr().err
+    assert demo_float_path.main(["--demos", str(FLOAT_PATHS.parent / "results.json"),
+                                 "--k", "4"]) == 2
+    assert "no k = 4 in this run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one table at a time
+        demo_float_path.parse_args(["--table", str(report), "--demos", str(report)])
