@@ -707,7 +707,8 @@ def _source(results: dict) -> str:
     if not source:
         return ""
     flags = f", XLA_FLAGS={source['xla_flags']}" if source["xla_flags"] else ""
-    return f"commit {source['git_commit'][:7]}, {source['cpus']} CPUs{flags}; "
+    cpus = f"{source['cpus']} CPU" + "s" * (source["cpus"] != 1)
+    return f"commit {source['git_commit'][:7]}, {cpus}{flags}; "
 
 
 def _argv(config: DemoConfig) -> list[str]:

@@ -183,10 +183,11 @@ def _read_demo_run(path: str, k: int) -> dict:
 
 def markdown_table(reports: list[dict]) -> str:
     """The reports (JSONs this module wrote) as one markdown table, one row per report, in
-    the order given; docs/demo.md shows it (``--table``)."""
+    the order given; docs/demo.md shows it (``--table``). A column per G-Rerank setting any
+    report measured; "—" where a report did not run it."""
     weights = list(reports[0]["gold_nll_by_bridge_weight"])
     key = next(name for name in reports[0] if name.startswith("g_rerank_bridge"))
-    settings = list(reports[0][key])
+    settings = list(dict.fromkeys(setting for report in reports for setting in report[key]))
     k = key.split("@")[1].split("_")[0]
     header = (["XLA_FLAGS", "CPUs", "reader steps"] + [f"NLL, bridge w = {w}" for w in weights]
               + ["rise, w = 1 to 0.1"] + [f"bridge R@{k} per seed, {s}" for s in settings])
@@ -198,7 +199,8 @@ def markdown_table(reports: list[dict]) -> str:
                   str(report["cpus"]), str(report["settings"]["reader_steps"])]
                  + [f"{nll[w]:.3f}" for w in weights]
                  + [f"{report['nll_rise_bridge_1_to_0.1']:.3f}"]
-                 + [" / ".join(f"{r:.1f}" for r in recall[s]) for s in settings])
+                 + [" / ".join(f"{r:.1f}" for r in recall[s]) if s in recall else "—"
+                    for s in settings])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

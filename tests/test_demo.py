@@ -76,7 +76,7 @@ def test_demo_writes_tables_json_and_plots(tiny_run):
     source = results["provenance"]
     assert source["git_commit"] and source["cpus"] >= 1 and "jax" in source["versions"]
     assert source["xla_flags"].split() == os.environ.get("XLA_FLAGS", "").split()
-    assert f"commit {source['git_commit'][:7]}, {source['cpus']} CPUs" in table
+    assert f"commit {source['git_commit'][:7]}, {source['cpus']} CPU" in table
     for plot in ("indirect_recall.png", "top_k_roles.png"):
         assert (tiny_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

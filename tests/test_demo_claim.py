@@ -1,23 +1,24 @@
-"""The demo's claim at reduced size (issue 21): on the same frozen reader, G-Rerank's held-out
-bridge Recall@5 is at least PDist's in every one of 3 seeds and higher on their mean.
+"""The demo's claim at reduced size (issues 14 and 21): on the same frozen reader, G-Rerank keeps
+the bridge in its held-out top 5 (Recall@5 at least 90%) in every one of 3 seeds, where PDist
+with a sharp target drops it.
 
 The demo's world and reader, 64 held-out questions, two methods, no tuning (G-Rerank at
 tau = 1, PDist at theta = 1, T = 0.1: points of the demo's grid). It tests the mechanism the
 demo is about, a per-passage target with a sharp temperature against the reader's joint
 signal; it does not claim G-Rerank beats a tuned PDist (at the T = 1 the demo's tuning chose,
-PDist kept the bridge in 92.0 +- 11.2% of questions).
+PDist kept the bridge in 94.2 +- 5.4% of questions).
 
-Why the per-seed floor is robust: read alone, the bridge names no city, so PDist's target
-ranks it below the 3-7 answer-like passages and keeps it only where they and the trap leave
-room in the top 5 (about 21% of questions); G-Rerank's worst ranking seen is that same one.
-The size of the lead is not robust across machines: whether G-Rerank keeps the bridge
-depends on the frozen reader, whose training ends in a different function on each float
-path (docs/demo.md, "Why G-Rerank was unstable"). So the test asks for a lead, not a size of
-lead, and runs the claim in a subprocess with XLA's default settings on one device, as
-`make demo` runs, not with the test suite's flags (tests/conftest.py): measured per seed,
-G-Rerank 100 / 93.8 / 95.3 against PDist 21.9 / 21.9 / 21.9 there; with the suite's 8 host
-devices 46.9 / 64.1 / 29.7, and with its -O0 backend as well 25.0 / 21.9 / 21.9 (a lead of
-3 points in one seed). It is deterministic on a given machine.
+Why it should hold on any machine: read alone, the bridge names no city, so PDist's sharp
+target ranks it below the 3-7 answer-like passages and keeps it only where they and the trap
+leave room in the top 5 (about 21% of questions). G-Rerank keeps it where its frozen reader
+needs the bridge at full mask weight; with the demo's 10,000 reader steps every float path
+measured gave 100% in every seed (docs/demo.md, "The fix: train the reader to the end"),
+where 2,500-step readers gave anything from PDist's floor to 100% depending on the path.
+So the test asks G-Rerank for at least 90% in every seed and more than PDist in every seed.
+It runs in a subprocess with XLA's default settings on one device, as `make demo` runs, not
+with the test suite's flags (tests/conftest.py), so that it measures what `make demo` does;
+measured there per seed: G-Rerank 100 / 100 / 100, PDist 21.9 / 21.9 / 21.9. It is
+deterministic on a given machine.
 
 ``python tests/test_demo_claim.py`` prints the measurement as one JSON line.
 """
@@ -30,7 +31,6 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,8 +67,7 @@ def test_g_rerank_keeps_the_bridge_that_pdist_drops():
     bridge = json.loads(result.stdout.strip().splitlines()[-1])
     print(bridge)  # shown with -s: the measured margins
     for g_rerank, pdist in zip(bridge["G-Rerank"], bridge["PDist"], strict=True):
-        assert g_rerank >= pdist, bridge
-    assert np.mean(bridge["G-Rerank"]) > np.mean(bridge["PDist"]), bridge
+        assert g_rerank >= 0.9 and g_rerank > pdist, bridge
 
 
 if __name__ == "__main__":

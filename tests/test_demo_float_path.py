@@ -55,6 +55,11 @@ def test_writes_the_float_path_report(tmp_path, monkeypatch):
     table = demo_float_path.markdown_table([report, report]).splitlines()
     assert len(table) == 4 and table[0].count("|") == table[2].count("|") == 11  # 10 columns
     assert "| 4 | " in table[2]  # the reader steps
+    # a report that ran fewer settings gets "—" in the others' columns, in either order
+    fewer = {**report, "g_rerank_bridge_recall@5_per_seed": {"l2x, tau=1": recall["l2x, tau=1"]}}
+    for reports in ([report, fewer], [fewer, report]):
+        rows = demo_float_path.markdown_table(reports).splitlines()
+        assert rows[0].count("|") == 11 and sum(row.endswith("| — |") for row in rows) == 1
 
 
 def test_rejects_bad_arguments(capsys):
@@ -65,9 +70,12 @@ def test_rejects_bad_arguments(capsys):
 
 FLOAT_PATHS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "demo" / "float_paths"
 # docs/demo.md's tables, in its order: the reader trained 2,500 steps on five float paths,
-# then 5,000 steps on the two where G-Rerank lost the bridge and on the default path.
-DOCUMENTED = (["8_host_devices_O0", "8_host_devices", "default", "one_cpu", "fast_math"],
-              ["8_host_devices_O0_5000_steps", "8_host_devices_5000_steps", "default_5000_steps"])
+# then 5,000 steps on the two where G-Rerank lost the bridge and on the default path, then
+# 10,000 steps (the demo's reader now) on all five.
+PATHS = ["8_host_devices_O0", "8_host_devices", "default", "one_cpu", "fast_math"]
+DOCUMENTED = (PATHS,
+              ["8_host_devices_O0_5000_steps", "8_host_devices_5000_steps", "default_5000_steps"],
+              [f"{name}_10000_steps" for name in PATHS])
 
 
 def test_docs_tables_are_the_recorded_reports():
@@ -103,3 +111,16 @@ def test_demos_of_a_bad_run_names_the_file(tmp_path, capsys):
     assert "no k = 4 in this run" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one table at a time
         demo_float_path.parse_args(["--table", str(report), "--demos", str(report)])
+
+
+# docs/demo.md's "The whole demo on other float paths": `make demo` and two reruns.
+DEMO_RUNS = (FLOAT_PATHS.parent / "results.json", FLOAT_PATHS / "demo_8_host_devices.json",
+             FLOAT_PATHS / "demo_one_cpu.json")
+
+
+def test_docs_whole_demo_tables_are_the_recorded_runs():
+    page = (FLOAT_PATHS.parents[1] / "demo.md").read_text()
+    runs = [json.loads(path.read_text()) for path in DEMO_RUNS]
+    assert len({run["provenance"]["xla_flags"] for run in runs}) == len(runs)  # three paths
+    for k in (5, 3):
+        assert demo.float_path_table(runs, k) in page, k
