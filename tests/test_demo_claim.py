@@ -6,7 +6,8 @@ The demo's world and reader, 64 held-out questions, two methods, no tuning (G-Re
 tau = 1, PDist at theta = 1, T = 0.1: points of the demo's grid). It tests the mechanism the
 demo is about, a per-passage target with a sharp temperature against the reader's joint
 signal; it does not claim G-Rerank beats a tuned PDist (at the T = 1 the demo's tuning chose,
-PDist kept the bridge in 94.2 +- 5.4% of questions).
+PDist kept the bridge in 94.2 +- 5.4% of questions on the default path, 35.0 +- 10.0% on one
+CPU: docs/demo.md, "The whole demo on other float paths").
 
 Why it should hold on any machine: read alone, the bridge names no city, so PDist's sharp
 target ranks it below the 3-7 answer-like passages and keeps it only where they and the trap
@@ -17,8 +18,8 @@ where 2,500-step readers gave anything from PDist's floor to 100% depending on t
 So the test asks G-Rerank for at least 90% in every seed and more than PDist in every seed.
 It runs in a subprocess with XLA's default settings on one device, as `make demo` runs, not
 with the test suite's flags (tests/conftest.py), so that it measures what `make demo` does;
-measured there per seed: G-Rerank 100 / 100 / 100, PDist 21.9 / 21.9 / 21.9. It is
-deterministic on a given machine.
+measured there per seed (`python tests/test_demo_claim.py` at 24b17b2): G-Rerank 100 / 100 /
+100, PDist 21.9 / 21.9 / 21.9. It is deterministic on a given machine.
 
 ``python tests/test_demo_claim.py`` prints the measurement as one JSON line.
 """
