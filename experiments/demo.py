@@ -516,9 +516,8 @@ def float_path_table(runs: list[dict], k: int) -> str:
     head = ["XLA_FLAGS", "CPUs", "seeds", *methods]
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
     for results in runs:
-        source, result = results["provenance"], results["by_k"][str(k)]
-        cells = [f"`{source['xla_flags']}`" if source["xla_flags"] else "(none)",
-                 str(source["cpus"]), str(results["config"]["seeds"])]
+        result = results["by_k"][str(k)]
+        cells = [*float_path_cells(results["provenance"]), str(results["config"]["seeds"])]
         for method in methods:
             stats = result["methods"][method]
             cells.append(f"{_cell(stats[f'indirect_recall@{k}'])} / {_cell(stats['em'])} "
@@ -678,6 +677,13 @@ def float_path() -> dict:
     and the CPUs it may use. The frozen reader's training ends in a different function on
     each path (docs/demo.md, "Why G-Rerank was unstable")."""
     return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": len(os.sched_getaffinity(0))}
+
+
+def float_path_cells(source: dict) -> list[str]:
+    """A recorded :func:`float_path` (``source`` holds its keys) as the first two cells of a
+    markdown table row: the XLA flags and the CPUs."""
+    flags = f"`{source['xla_flags']}`" if source["xla_flags"] else "(none)"
+    return [flags, str(source["cpus"])]
 
 
 def provenance() -> dict:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import pathlib
 import sys
 import time
 
@@ -153,9 +155,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def _read_report(path: str) -> dict:
     """A report this module wrote; ValueError naming what is missing otherwise."""
-    import json
-    import pathlib
-
     report = json.loads(pathlib.Path(path).read_text())  # JSONDecodeError is a ValueError
     needed = ("xla_flags", "cpus", "settings", "gold_nll_by_bridge_weight",
               "nll_rise_bridge_1_to_0.1")
@@ -167,9 +166,6 @@ def _read_report(path: str) -> dict:
 
 def _read_demo_run(path: str, k: int) -> dict:
     """A demo run's results.json with its provenance and ``k``; ValueError otherwise."""
-    import json
-    import pathlib
-
     results = json.loads(pathlib.Path(path).read_text())
     if not isinstance(results, dict) or "by_k" not in results or "config" not in results:
         raise ValueError("not an experiments.demo results.json")
@@ -195,8 +191,7 @@ def markdown_table(reports: list[dict]) -> str:
     for report in reports:
         nll = report["gold_nll_by_bridge_weight"]
         recall = report[key]
-        cells = ([f"`{report['xla_flags']}`" if report["xla_flags"] else "(none)",
-                  str(report["cpus"]), str(report["settings"]["reader_steps"])]
+        cells = ([*demo.float_path_cells(report), str(report["settings"]["reader_steps"])]
                  + [f"{nll[w]:.3f}" for w in weights]
                  + [f"{report['nll_rise_bridge_1_to_0.1']:.3f}"]
                  + [" / ".join(f"{r:.1f}" for r in recall[s]) if s in recall else "—"
