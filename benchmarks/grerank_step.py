@@ -83,7 +83,8 @@ def run(args) -> dict:
         "benchmark": "grerank_step", "size": args.size, "shape": vars(shape),
         "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention",
                                                   "remat", "num_samples", "no_fold",
-                                                  "dense_bias", "token_capacity")},
+                                                  "dense_bias", "token_capacity",
+                                                  "reader_fp8")},
         "device": common.device_description(), **timing,
         "questions_per_s": args.batch / timing["step_s_median"],
         **common.throughput(common.real_work(jax.device_get(batch)),
@@ -114,11 +115,26 @@ def run(args) -> dict:
         report["cudnn_attention_calls"] = {
             "forward": sum("Backward" not in t for t in targets),
             "backward": sum("Backward" in t for t in targets)}
+        if args.reader_fp8:
+            # XLA forms FP8 GEMMs while it optimises, so count them in the compiled program
+            # (compiling again: with JAX_COMPILATION_CACHE_DIR set, a cache hit). A count of 0
+            # means the products ran as dequantized bf16 dots: no FP8 speed to expect.
+            report["fp8_products"] = fp8_products(step.lower(
+                state["params"], state["opt"], reader_state, batch, key).compile().as_text())
     if args.measure_peak and "achieved_tflops" in report:
         peak = common.measured_matmul_peak_tflops()
         report["measured_bf16_peak_tflops"] = peak
         report["mfu_measured_matmul"] = report["achieved_tflops"] / peak
     return report
+
+
+def fp8_products(compiled_hlo: str) -> dict:
+    """The FP8 matrix products of an optimised HLO module's text: cuBLASLt FP8 GEMM calls
+    and ``dot`` instructions (inside fusions too, e.g. Triton's) whose first operand is e4m3.
+    Both 0: XLA multiplied the dequantized values in bf16."""
+    return {"cublaslt_fp8_gemms": len(re.findall(r'custom_call_target="__cublas\$lt\$matmul\$f8"',
+                                                 compiled_hlo)),
+            "e4m3_dots": len(re.findall(r"\bdot\(f8e4m3fn\[", compiled_hlo))}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -165,6 +165,11 @@ class ModelConfig:
     # (T5EncoderDecoder.encode; a batch with more real tokens runs padded). 0: off. Same
     # outputs; docs/performance.md has its speed.
     token_capacity: float = 0.0
+    # The frozen FiD reader's encoder computes its matrix products in FP8 (e4m3): weights
+    # stored in 8 bits with one scale per matrix, activations quantized per tensor at each
+    # call (gumbel_jax.models.fp8). Faster where the chip has FP8 units, less exact:
+    # docs/performance.md has its speed and the reader's EM with and without it. Off.
+    reader_fp8: bool = False
     # The reader's beam width when it answers in evaluation: 1 is greedy (FiD evaluates
     # greedily); more runs beam search (Hugging Face's, early stopping, length penalty 1).
     num_beams: int = 1

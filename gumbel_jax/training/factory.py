@@ -34,6 +34,7 @@ from gumbel_jax.models import (
     RankT5,
     T5Config,
 )
+from gumbel_jax.models.fp8 import quantize_linears
 from gumbel_jax.models.presets import architecture
 from gumbel_jax.training.config import ModelConfig, check_choices
 
@@ -174,27 +175,30 @@ def build_models(config: ModelConfig, *, vocab_size: int | None = None, seed: in
         def random_models():
             reader = _random_reader(reader_arch, config)
             store_frozen_weights_in_compute_dtype(reader, config.dtype)
-            return reader, _random_reranker(ranker_arch, config, seed + 1)
+            return frozen_encoder_options(
+                (reader, _random_reranker(ranker_arch, config, seed + 1)), config)
 
-        models = nnx.eval_shape(random_models) if abstract else random_models()
-        return set_token_capacity(models, config.token_capacity)
+        return nnx.eval_shape(random_models) if abstract else random_models()
     reader = (_random_reader(preset_architecture(config, "reader"), config)
               if config.reader_init == "random" else load_reader(config, mesh=mesh))
     store_frozen_weights_in_compute_dtype(reader, config.dtype)
     ranker = (_random_reranker(preset_architecture(config, "reranker"), config, seed + 1)
               if config.reranker_init == "random" else _pretrained_reranker(config))
-    return set_token_capacity((reader, ranker), config.token_capacity)
+    return frozen_encoder_options((reader, ranker), config)
 
 
-def set_token_capacity(models, token_capacity: float):
-    """``token_capacity`` on the frozen FiD reader of ``(reader, reranker)``, whose encoder
-    runs forward only. The trained reranker keeps its padded encoder: packing there needs a
-    differentiated ``lax.cond``, which keeps both branches' activations (see
+def frozen_encoder_options(models, config: ModelConfig):
+    """The options for the frozen FiD reader's encoder of ``(reader, reranker)``, which runs
+    forward only: ``token_capacity`` (packing) and ``reader_fp8`` (its matrix products in
+    e4m3, ``models.fp8``). The trained reranker keeps its padded encoder: packing there needs
+    a differentiated ``lax.cond``, which keeps both branches' activations (see
     ``T5EncoderDecoder.encode``); ``RankT5.token_capacity`` serves inference. Returns
     ``models``."""
     reader, _ = models
     if isinstance(reader, FiDReader):
-        reader.token_capacity = token_capacity
+        reader.token_capacity = config.token_capacity
+        if config.reader_fp8:
+            quantize_linears(reader.t5.encoder)
     return models
 
 
@@ -211,6 +215,9 @@ def build_trainable_reader(config: ModelConfig, *, vocab_size: int | None = None
     for tiny and random starts). An unknown checkpoint is a ``CheckpointError`` (a
     ``ValueError``) naming it."""
     check_choices(config, "model.")
+    if config.reader_fp8:
+        raise ValueError("model.reader_fp8 quantizes a frozen reader's encoder; a reader that "
+                         "trains keeps its weights (set false)")
     options = {**compute_options(config), "remat": config.remat}
     if dropout_rate is not None:
         options["dropout_rate"] = dropout_rate
@@ -238,6 +245,9 @@ def validate_model(config: ModelConfig) -> None:
     if config.token_capacity and config.reader_kind != "fid":
         raise ValueError(f"model.token_capacity={config.token_capacity} packs a FiD reader's "
                          f"encoder; model.reader_kind={config.reader_kind!r} has none (set 0)")
+    if config.reader_fp8 and config.reader_kind != "fid":
+        raise ValueError("model.reader_fp8 quantizes a FiD reader's encoder; "
+                         f"model.reader_kind={config.reader_kind!r} has none (set false)")
     if config.num_beams < 1:
         raise ValueError(f"model.num_beams={config.num_beams} must be >= 1 (1: greedy)")
     if (config.reader == "tiny") != (config.reranker == "tiny"):

@@ -27,6 +27,28 @@ def test_grerank_step_tiny(tmp_path):
     assert math.isfinite(report["final_loss"]) and 0 < report["final_loss"] < 20
 
 
+def test_grerank_step_tiny_reader_fp8(tmp_path):
+    """The trainer's step with the frozen reader's encoder in e4m3 runs, and the report
+    counts the FP8 products XLA formed (on a CPU none: it multiplies dequantized values)."""
+    report = _report(tmp_path, grerank_step, ["--size", "tiny", "--steps", "1",
+                                              "--reader_fp8", "--count_kernels"])
+    assert report["options"]["reader_fp8"] is True
+    assert math.isfinite(report["final_loss"]) and 0 < report["final_loss"] < 20
+    assert report["fp8_products"] == {"cublaslt_fp8_gemms": 0, "e4m3_dots": 0}
+
+
+def test_fp8_products_are_counted_from_the_optimised_hlo():
+    hlo = "\n".join([  # one line per instruction, as XLA prints them
+        '%cublas-gemm.1 = (bf16[8,16]{1,0}, s8[335]{0}) custom-call(f8e4m3fn[8,32]{1,0} %a, '
+        'f8e4m3fn[16,32]{1,0} %b, f32[] %s, f32[] %t), '
+        'custom_call_target="__cublas$lt$matmul$f8"',
+        '%dot.3 = bf16[8,16]{1,0} dot(f8e4m3fn[8,32]{1,0} %p0, f8e4m3fn[32,16]{1,0} %p1)',
+        '%dot.4 = bf16[8,16]{1,0} dot(bf16[8,32]{1,0} %p2, bf16[32,16]{1,0} %p3)',
+        '%gemm = bf16[8,16]{1,0} custom-call(bf16[8,32]{1,0} %c, bf16[16,32]{1,0} %d), '
+        'custom_call_target="__cublas$lt$matmul"'])
+    assert grerank_step.fp8_products(hlo) == {"cublaslt_fp8_gemms": 1, "e4m3_dots": 1}
+
+
 @pytest.mark.slow
 def test_grerank_step_tiny_objective_option(tmp_path):
     """The benchmark times a baseline through --objective (one baseline stands for all: the

@@ -1,0 +1,116 @@
+"""What FP8 costs the frozen reader (issue 17's FP8 lever): the demo's reader with its encoder's
+matrix products in e4m3 (``ModelConfig.reader_fp8``, ``gumbel_jax.models.fp8``) against the
+same reader unquantized, and G-Rerank trained on each.
+
+    python -m experiments.demo_fp8_reader --out docs/demo/fp8_reader.json
+
+The reader is trained as ``make demo`` trains it: it is the only trained reader this
+repository can build offline (a paper-size reader's EM needs its checkpoint and data). From
+that one reader, both ways, on the demo's held-out questions:
+
+- its EM in every reading setting the demo reports (``experiments.demo.reader_report``);
+- its gold answer's NLL by bridge mask weight (``demo_float_path.bridge_weight_nll``): what
+  G-Rerank's loss sees of a bridge it ranks just outside the top k;
+- G-Rerank's held-out bridge Recall@k per seed, trained on that reader (same seeds).
+
+Writes one JSON (``--out``) with the git commit, the exact command and the float path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from experiments import demo
+from experiments.demo_float_path import (
+    FrozenReaderSetup,
+    bridge_recall_per_seed,
+    bridge_weight_nll,
+    train_frozen_reader,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = demo.DemoConfig()
+    parser.add_argument("--num_train", type=int, default=defaults.num_train)
+    parser.add_argument("--num_eval", type=int, default=defaults.num_eval,
+                        help="held-out questions")
+    parser.add_argument("--reader_steps", type=int, default=defaults.reader_steps)
+    parser.add_argument("--ranker_steps", type=int, default=defaults.ranker_steps)
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seeds", type=int, default=3, help="G-Rerank seeds per reader (0: "
+                                                              "the reader's numbers only)")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--out", help="the JSON to write (printed either way)")
+    args = parser.parse_args(argv)
+    if min(args.num_train, args.num_eval, args.reader_steps, args.ranker_steps,
+           args.batch_size, args.k) < 1 or args.seeds < 0 or args.tau <= 0:
+        parser.error("sizes, steps and --k must be >= 1, --seeds >= 0, --tau > 0")
+    return args
+
+
+def quantized_setup(setup: FrozenReaderSetup, config: demo.DemoConfig) -> FrozenReaderSetup:
+    """``setup`` with a copy of its reader whose encoder multiplies in e4m3 (the original is
+    left as it is) and a reranker trainer on that copy."""
+    from flax import nnx
+
+    from gumbel_jax.models.fp8 import quantize_linears
+
+    reader = nnx.clone(setup.reader)
+    quantize_linears(reader.t5.encoder)
+    trainer = demo.RankerTrainer(config, reader, setup.trainer.tokenizer,
+                                 setup.trainer.train_examples, setup.eval_batch)
+    return FrozenReaderSetup(trainer, reader, setup.reader_losses, setup.held_out,
+                             setup.held_out_examples, setup.eval_batch)
+
+
+def measure(setup: FrozenReaderSetup, config: demo.DemoConfig, args) -> dict:
+    """The reader's EM and NLL, and G-Rerank's bridge recall per seed, on ``setup``."""
+    roles = np.array([record.metadata["roles"] for record in setup.held_out])
+    em = demo.reader_report(config, setup.reader, setup.held_out, setup.eval_batch,
+                            setup.trainer.tokenizer)
+    nll = bridge_weight_nll(setup.reader, setup.eval_batch, roles)
+    recall = bridge_recall_per_seed(setup, "G-Rerank", {"tau": args.tau},
+                                    seeds=args.seeds, k=args.k) if args.seeds else []
+    return {"reader_exact_match": {name: 100 * value for name, value in em.items()},
+            "gold_nll_by_bridge_weight": {f"{w:g}": value for w, value in nll.items()},
+            f"g_rerank_bridge_recall@{args.k}_per_seed": [100 * r for r in recall]}
+
+
+def run(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    config = demo.DemoConfig(num_train=args.num_train, num_eval=args.num_eval, num_dev=8,
+                             reader_steps=args.reader_steps, ranker_steps=args.ranker_steps,
+                             batch_size=args.batch_size, seeds=max(args.seeds, 1),
+                             ks=(args.k,), tune=False, methods=("G-Rerank",))
+    plain = train_frozen_reader(config)
+    fp8 = quantized_setup(plain, config)
+    results = {"float": measure(plain, config, args), "fp8_encoder": measure(fp8, config, args)}
+    em_change = {name: results["fp8_encoder"]["reader_exact_match"][name] - value
+                 for name, value in results["float"]["reader_exact_match"].items()}
+    return {**demo.float_path(), "settings": vars(args),
+            "reader": {"final_loss": float(np.mean(plain.reader_losses[-50:])),
+                       "encoder_layers": plain.reader.config.num_layers,
+                       "d_model": plain.reader.config.d_model},
+            **results,
+            "exact_match_change": em_change,
+            "largest_exact_match_change": max(em_change.values(), key=abs),
+            "seconds": time.perf_counter() - start}
+
+
+def main(argv=None) -> int:
+    from benchmarks.common import write_report
+
+    args = parse_args(argv)
+    write_report(args.out, run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
