@@ -13,12 +13,15 @@ that one reader, both ways, on the demo's held-out questions:
   G-Rerank's loss sees of a bridge it ranks just outside the top k;
 - G-Rerank's held-out bridge Recall@k per seed, trained on that reader (same seeds).
 
-Writes one JSON (``--out``) with the git commit, the exact command and the float path.
+Writes one JSON (``--out``) with the git commit, the exact command and the float path;
+``--table REPORT`` prints such a report as the markdown table docs/performance.md shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import sys
 import time
 
@@ -48,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--tau", type=float, default=1.0)
     parser.add_argument("--out", help="the JSON to write (printed either way)")
+    parser.add_argument("--table", metavar="REPORT",
+                        help="print this report as a markdown table instead of running")
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_eval, args.reader_steps, args.ranker_steps,
            args.batch_size, args.k) < 1 or args.seeds < 0 or args.tau <= 0:
@@ -104,10 +109,43 @@ def run(args: argparse.Namespace) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def markdown_table(report: dict) -> str:
+    """A report of :func:`run` as one markdown table: each measurement with the encoder
+    unquantized, in e4m3, and the change."""
+    k = report["settings"]["k"]
+    recall = f"g_rerank_bridge_recall@{k}_per_seed"
+    rows = [(f"EM, {name}", *(report[way]["reader_exact_match"][name]
+                              for way in ("float", "fp8_encoder")), ".1f")
+            for name in report["float"]["reader_exact_match"]]
+    rows += [(f"gold answer NLL, bridge at mask weight {w}",
+              *(report[way]["gold_nll_by_bridge_weight"][w] for way in ("float", "fp8_encoder")),
+              ".4f") for w in report["float"]["gold_nll_by_bridge_weight"]]
+    lines = ["| measured (held-out questions) | encoder unquantized | encoder in e4m3 | change |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {plain:{form}} | {fp8:{form}} | {fp8 - plain:+{form}} |"
+              for name, plain, fp8, form in rows]
+    if report["float"][recall]:
+        cells = [" / ".join(f"{r:.1f}" for r in report[way][recall])
+                 for way in ("float", "fp8_encoder")]
+        lines.append(f"| G-Rerank bridge Recall@{k} per seed (tau = "
+                     f"{report['settings']['tau']:g}) | {cells[0]} | {cells[1]} | |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     from benchmarks.common import write_report
 
     args = parse_args(argv)
+    if args.table:
+        try:
+            report = json.loads(pathlib.Path(args.table).read_text())
+            table = markdown_table(report)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"error: {args.table}: not a demo_fp8_reader report "
+                  f"({type(error).__name__}: {error})", file=sys.stderr)
+            return 2
+        print(table, end="")
+        return 0
     write_report(args.out, run(args))
     return 0
 

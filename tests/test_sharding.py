@@ -119,3 +119,44 @@ def test_train_cli_with_mesh_8_1_1_equals_one_device(tmp_path, capsys, monkeypat
     assert train_cli.main(["--config", config, "--workdir", str(tmp_path / "bad"),
                            *overrides, "--mesh", "8,1"]) == 2
     assert "expected three integers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@needs_8_devices
+def test_fp8_reader_trains_on_a_mesh_with_its_kernels_split_as_before(tmp_path, capsys):
+    """model.reader_fp8 on data=2 x fsdp=2 x tensor=2: the e4m3 kernels shard by their
+    original logical axes, the activation scales (maxima) are the same on any mesh, and the
+    losses equal one device's (sums round differently; a rounding that crosses an e4m3 step
+    may move a loss more than plain float32 would: 1e-3)."""
+    from flax import nnx
+
+    from experiments import train as train_cli
+    from gumbel_jax.models.fp8 import Fp8Linear
+    from gumbel_jax.sharding import parameter_shardings
+    from gumbel_jax.training.config import ModelConfig
+    from gumbel_jax.training.factory import build_models
+
+    reader, _ = build_models(ModelConfig(reader_fp8=True, score_token_id=3, d_model=16,
+                                         num_layers=1), vocab_size=64)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    shardings = parameter_shardings(nnx.state(reader.t5.encoder), mesh)
+    query = shardings["layers"][0]["self_attention"]["q"]
+    assert isinstance(reader.t5.encoder.layers[0].self_attention.q, Fp8Linear)
+    assert query["kernel"].spec == PartitionSpec("fsdp", "tensor")  # (embed, heads)
+    assert query["kernel_scale"].spec == PartitionSpec()
+
+    config = "experiments/configs/synthetic_g_rerank.py"
+    small = ["data.num_train=16", "data.num_eval=8", "data.batch_size=8", "train.num_steps=2",
+             "train.checkpoint_every=2", "model.d_model=16", "model.num_layers=1",
+             "model.reader_fp8=True"]
+    overrides = sum((["--set", s] for s in small), [])
+    losses = {}
+    for name, flags in (("single", []), ("mesh", ["--mesh", "2,2,2"])):
+        assert train_cli.main(["--config", config, "--workdir", str(tmp_path / name),
+                               *overrides, *flags]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+        losses[name] = [json.loads(line)["loss"] for line in
+                        (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                        if "loss" in json.loads(line)]
+    assert len(losses["mesh"]) == 2
+    np.testing.assert_allclose(losses["mesh"], losses["single"], rtol=1e-3)

@@ -16,6 +16,12 @@
 #           without a cache and its head is untied (batch 16 and 32), generation at 100
 #           passages, the baselines and batch 48 (most important first; the limits add up
 #           to 940 s, so a 600-s call may cut the tail).
+#   PART=4: the FP8 round, one device call of at most 600 s (every run stops by DEADLINE,
+#           570 s after the start, and a run that would get under 30 s is skipped): our step
+#           at batch 32 as the trainer runs it, then with the frozen reader's encoder packed
+#           and in FP8 (--reader_fp8: the count of FP8 GEMMs XLA formed is in its JSON), the
+#           peer compiled per block (batch 16 and 32), packing alone, FP8 alone, generation at
+#           100 passages, the baselines and batch 48.
 #   GUMBEL_JAX_COMMIT=$(git rev-parse HEAD) PART=1 bash benchmarks/scripts/h100_issue17_part2.sh
 # CPU dry run on tiny models (SLOW stretches the time limits):
 #   SIZE=tiny ATTENTION=xla SLOW=6 PART=1 OUT=/tmp/issue17b bash benchmarks/scripts/h100_issue17_part2.sh
@@ -32,9 +38,13 @@ mkdir -p "$R"
 if [ "$SIZE" = paper ]; then B16=16 B32=32 B48=48 GB=8 ROWS=1000
 else B16=2 B32=3 B48=4 GB=2 ROWS=32; fi
 START=$(date +%s)
+DEADLINE=${DEADLINE:-100000}  # seconds after START by which every run has stopped
 elapsed() { echo "elapsed $(( $(date +%s) - START )) s: $*"; }
 limited() {  # limited NAME SECONDS MODULE ARGS...: one benchmark run, its JSON at $R/NAME.json
     local name=$1 limit=$(( $2 * SLOW )) module=$3; shift 3
+    local left=$(( DEADLINE * SLOW - ($(date +%s) - START) ))
+    if [ "$left" -lt $(( 30 * SLOW )) ]; then echo "SKIPPED (${left} s left): $name"; return; fi
+    [ "$limit" -gt "$left" ] && limit=$left
     timeout "$limit" python3 -m "benchmarks.$module" --out "$R/$name.json" "$@" | tail -3 \
         || echo "FAILED ($?): $name"
     elapsed "$name"
@@ -55,6 +65,27 @@ if [ "$PART" = 1 ]; then
     limited generation_d10 90 generation --size "$SIZE" --dtype bfloat16 \
         --attention "$ATTENTION" --batch "$GB" --docs 10 --max_length 32 --num_beams 1 \
         --steps "$STEPS" --torch
+elif [ "$PART" = 4 ]; then
+    # Programs compiled twice (--count_kernels compiles the timed step again) come from the
+    # persistent compilation cache.
+    export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+    step step_b32 100 --batch "$B32"
+    step step_b32_fp8_packed 140 --batch "$B32" --token_capacity 0.8 --reader_fp8 \
+        --count_kernels
+    limited torch_compile_blocks 230 torch_reference --size "$SIZE" --batch "$B16" --check \
+        --steps "$STEPS" --modes eager compile_blocks --extra_batches "$B32" \
+        --extra_modes compile_blocks
+    step step_b32_packed 100 --batch "$B32" --token_capacity 0.8
+    step step_b32_fp8 100 --batch "$B32" --reader_fp8
+    limited generation_d100 100 generation --size "$SIZE" --dtype bfloat16 \
+        --attention "$ATTENTION" --batch "$GB" --docs 100 --max_length 32 --num_beams 1 \
+        --steps "$STEPS" --torch
+    for objective in pdist emdr adist loop; do
+        step "scale_${objective}_b32" 90 --batch "$B32" --objective "$objective" \
+            --token_capacity 0.8
+    done
+    step scale_g_rerank_b48 110 --batch "$B48" --token_capacity 0.8
 elif [ "$PART" = 3 ]; then
     step step_b32 100 --batch "$B32"
     step step_b32_packed 120 --batch "$B32" --token_capacity 0.8
