@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import common
+from gumbel_jax.training import packing
 from gumbel_jax.training.config import OBJECTIVES, ObjectiveConfig, OptimizerConfig
 from gumbel_jax.training.factory import build_models, model_architectures
 from gumbel_jax.training.step import make_optimizer, make_train_step
@@ -50,6 +51,11 @@ def make_step(args, *, abstract: bool = False):
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     batch = common.synthetic_batch(np.random.default_rng(0), shape, common.TINY_VOCAB
                                    if config.reader == "tiny" else 32128)
+    if getattr(args, "reranker_packing", 0.0):
+        # What the trainer does per batch (training.packing): the step compiled for this
+        # batch's capacity bucket.
+        ranker.token_capacity = packing.host_capacity(batch, args.reranker_packing)
+        ranker.capacity_checked = ranker.token_capacity > 0
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-5), num_steps=1000)
     ranker_graph, ranker_params = nnx.split(ranker)
     reader_graph, reader_state = nnx.split(reader)
@@ -84,13 +90,16 @@ def run(args) -> dict:
         "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention",
                                                   "remat", "num_samples", "no_fold",
                                                   "dense_bias", "token_capacity",
-                                                  "reader_fp8")},
+                                                  "reader_fp8", "reranker_packing")},
         "device": common.device_description(), **timing,
         "questions_per_s": args.batch / timing["step_s_median"],
         **common.throughput(common.real_work(jax.device_get(batch)),
                             timing["step_s_median"]),
         "peak_memory_bytes": common.peak_memory_bytes(), "final_loss": loss,
     }
+    if args.reranker_packing:
+        report["reranker_capacity"] = packing.host_capacity(jax.device_get(batch),
+                                                            args.reranker_packing)
     if args.profile:
         from benchmarks import trace_summary
 
@@ -151,6 +160,10 @@ def parser() -> argparse.ArgumentParser:
                         "(beside the datasheet figure)")
     p.add_argument("--count_kernels", action="store_true",
                    help="count the cuDNN attention calls in the lowered step (GPU)")
+    p.add_argument("--reranker_packing", type=float, default=0.0,
+                   help="pack the trained reranker's encoder at this batch's real-token share "
+                        "rounded up to a multiple of this width, as the trainer does "
+                        "(ModelConfig.reranker_packing; 0: off)")
     p.add_argument("--no_fold", action="store_true",
                    help="run RankT5's general decoder instead of the folded one-query "
                         "cross-attention (the lever's before)")

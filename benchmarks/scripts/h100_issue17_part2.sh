@@ -16,12 +16,13 @@
 #           without a cache and its head is untied (batch 16 and 32), generation at 100
 #           passages, the baselines and batch 48 (most important first; the limits add up
 #           to 940 s, so a 600-s call may cut the tail).
-#   PART=4: the FP8 round, one device call of at most 600 s (every run stops by DEADLINE,
-#           570 s after the start, and a run that would get under 30 s is skipped): our step
-#           at batch 32 as the trainer runs it, then with the frozen reader's encoder packed
-#           and in FP8 (--reader_fp8: the count of FP8 GEMMs XLA formed is in its JSON), the
-#           peer compiled per block (batch 16 and 32), packing alone, FP8 alone, generation at
-#           100 passages, the baselines and batch 48.
+#   PART=4: the third round, one device call of at most 600 s (every run stops by
+#           DEADLINE, 570 s; a run that would get under 30 s is skipped): our step at
+#           batch 32 as the trainer runs it by default; with every lever (both encoders
+#           packed, the reranker's at its batch's bucket, and the reader's encoder in FP8:
+#           the count of FP8 GEMMs XLA formed is in its JSON); the peer compiled per block
+#           (batch 16 and 32); the exact levers alone (packing, no FP8); FP8 alone;
+#           generation at 100 passages, the baselines and batch 48.
 #   GUMBEL_JAX_COMMIT=$(git rev-parse HEAD) PART=1 bash benchmarks/scripts/h100_issue17_part2.sh
 # CPU dry run on tiny models (SLOW stretches the time limits):
 #   SIZE=tiny ATTENTION=xla SLOW=6 PART=1 OUT=/tmp/issue17b bash benchmarks/scripts/h100_issue17_part2.sh
@@ -38,7 +39,8 @@ mkdir -p "$R"
 if [ "$SIZE" = paper ]; then B16=16 B32=32 B48=48 GB=8 ROWS=1000
 else B16=2 B32=3 B48=4 GB=2 ROWS=32; fi
 START=$(date +%s)
-DEADLINE=${DEADLINE:-100000}  # seconds after START by which every run has stopped
+# Seconds after START by which every run has stopped (PART=4 fits a 600-s device call).
+if [ "$PART" = 4 ]; then DEADLINE=${DEADLINE:-570}; else DEADLINE=${DEADLINE:-100000}; fi
 elapsed() { echo "elapsed $(( $(date +%s) - START )) s: $*"; }
 limited() {  # limited NAME SECONDS MODULE ARGS...: one benchmark run, its JSON at $R/NAME.json
     local name=$1 limit=$(( $2 * SLOW )) module=$3; shift 3
@@ -71,21 +73,21 @@ elif [ "$PART" = 4 ]; then
     export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
     step step_b32 100 --batch "$B32"
-    step step_b32_fp8_packed 140 --batch "$B32" --token_capacity 0.8 --reader_fp8 \
-        --count_kernels
-    limited torch_compile_blocks 230 torch_reference --size "$SIZE" --batch "$B16" --check \
+    step step_b32_all_levers 150 --batch "$B32" --token_capacity 0.8 --reranker_packing 0.05 \
+        --reader_fp8 --count_kernels
+    limited torch_compile_blocks 200 torch_reference --size "$SIZE" --batch "$B16" --check \
         --steps "$STEPS" --modes eager compile_blocks --extra_batches "$B32" \
         --extra_modes compile_blocks
-    step step_b32_packed 100 --batch "$B32" --token_capacity 0.8
+    step step_b32_packed_both 100 --batch "$B32" --token_capacity 0.8 --reranker_packing 0.05
     step step_b32_fp8 100 --batch "$B32" --reader_fp8
     limited generation_d100 100 generation --size "$SIZE" --dtype bfloat16 \
         --attention "$ATTENTION" --batch "$GB" --docs 100 --max_length 32 --num_beams 1 \
         --steps "$STEPS" --torch
     for objective in pdist emdr adist loop; do
         step "scale_${objective}_b32" 90 --batch "$B32" --objective "$objective" \
-            --token_capacity 0.8
+            --token_capacity 0.8 --reranker_packing 0.05
     done
-    step scale_g_rerank_b48 110 --batch "$B48" --token_capacity 0.8
+    step scale_g_rerank_b48 110 --batch "$B48" --token_capacity 0.8 --reranker_packing 0.05
 elif [ "$PART" = 3 ]; then
     step step_b32 100 --batch "$B32"
     step step_b32_packed 120 --batch "$B32" --token_capacity 0.8

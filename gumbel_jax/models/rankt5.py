@@ -20,7 +20,7 @@ class RankT5(nnx.Module):
 
     def __init__(self, t5: T5EncoderDecoder, *, score_token_id: int = RANKT5_SCORE_TOKEN_ID,
                  fold_cross_attention: bool = True, right_padded: bool = True,
-                 token_capacity: float = 0.0):
+                 token_capacity: float = 0.0, capacity_checked: bool = False):
         if not 0 <= score_token_id < t5.config.vocab_size:
             raise ValueError(f"score_token_id {score_token_id} is outside the vocabulary "
                              f"(size {t5.config.vocab_size})")
@@ -34,9 +34,12 @@ class RankT5(nnx.Module):
         # is not a prefix scores NaN (a loud failure, not a wrong score).
         self.right_padded = right_padded
         # The encoder's position-wise work on real tokens only (T5EncoderDecoder.encode):
-        # the fraction of [rows, len] slots the packed tokens get; 0: off. For inference:
-        # differentiated, it keeps both of its paths' activations.
+        # the fraction of [rows, len] slots the packed tokens get; 0: off. Differentiated, it
+        # keeps both of its paths' activations (the padded fallback's too), unless
+        # capacity_checked: the caller checked on the host that each batch fits (training:
+        # training.packing compiles one step per capacity and picks it per batch).
         self.token_capacity = token_capacity
+        self.capacity_checked = capacity_checked
 
     @classmethod
     def random(cls, config: T5Config, *, seed: int = 0, **options) -> RankT5:
@@ -47,7 +50,8 @@ class RankT5(nnx.Module):
         flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length).astype(bool)
         memory = self.t5.encode(flat_ids, flat_mask, right_padded=self.right_padded,
-                                token_capacity=self.token_capacity)
+                                token_capacity=self.token_capacity,
+                                capacity_checked=self.capacity_checked)
         start = jnp.full((flat_ids.shape[0], 1), self.t5.config.decoder_start_token_id,
                          jnp.int32)
         if self.fold_cross_attention:

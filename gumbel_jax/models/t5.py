@@ -468,7 +468,8 @@ class T5EncoderDecoder(nnx.Module):
                                  axes=("embed", "vocab"))
 
     def encode(self, input_ids, attention_mask, *, right_padded: bool = False,
-               token_capacity: float = 0.0, dropout_key=None):
+               token_capacity: float = 0.0, capacity_checked: bool = False,
+               dropout_key=None):
         """``[batch, len]`` ids and boolean mask -> ``[batch, len, d_model]``.
 
         ``right_padded``: the caller guarantees every mask row is a prefix (the data
@@ -484,6 +485,12 @@ class T5EncoderDecoder(nnx.Module):
         encoders that are not differentiated (a frozen reader, inference): under a gradient
         the cond keeps activations for both branches (+27% memory for a batch of 6 on a
         CPU; out of memory for the paper's batch 32 on an H100).
+
+        ``capacity_checked``: the caller has checked on the host that this batch's real
+        tokens fit ``token_capacity`` (``training.packing`` picks a capacity per batch), so
+        only the packed path is compiled: no ``lax.cond``, and a gradient keeps one path's
+        activations. A batch that does not fit gets NaN outputs (a loud failure, not dropped
+        tokens).
 
         ``dropout_key``: T5's dropout with ``config.dropout_rate`` (a training step); None
         (evaluation, frozen models): none.
@@ -510,6 +517,8 @@ class T5EncoderDecoder(nnx.Module):
             return packing.unpack(out, length)
 
         fits = jnp.sum(attention_mask.astype(jnp.int32)) <= capacity
+        if capacity_checked:
+            return jnp.where(fits, packed(), jnp.nan)
         return jax.lax.cond(fits, packed, padded)
 
     def decode_hidden(self, decoder_input_ids, memory, memory_valid, doc_log_mask=None, *,

@@ -170,7 +170,8 @@ def run_training(config: ExperimentConfig | ReaderExperimentConfig, workdir, *,
     dataset = make_dataset(train_source, featurize, seed=config.train.seed,
                            batch_size=config.data.batch_size // processes)
     metrics = train(config.train, ranker=ranker, reader=reader, dataset=dataset,
-                    workdir=workdir, mesh=mesh, hooks=_hooks(config, eval_records, featurize))
+                    workdir=workdir, mesh=mesh, hooks=_hooks(config, eval_records, featurize),
+                    reranker_packing=config.model.reranker_packing)
     if not metrics.get("preempted"):  # (evaluate and write_evaluation: see multi-host above)
         results = _evaluate_held_out(config, ranker, reader, eval_records, featurize)
         if config.data.num_mining:

@@ -245,6 +245,13 @@ def validate_model(config: ModelConfig) -> None:
     if config.token_capacity and config.reader_kind != "fid":
         raise ValueError(f"model.token_capacity={config.token_capacity} packs a FiD reader's "
                          f"encoder; model.reader_kind={config.reader_kind!r} has none (set 0)")
+    if not 0.0 <= config.reranker_packing < 1.0:
+        raise ValueError(f"model.reranker_packing={config.reranker_packing} must be in [0, 1) "
+                         "(the bucket width of the reranker's packed capacity, e.g. 0.05; 0: "
+                         "off)")
+    if config.reranker_packing and config.reranker_kind != "rankt5":
+        raise ValueError(f"model.reranker_packing={config.reranker_packing} packs a RankT5 "
+                         f"encoder; model.reranker_kind={config.reranker_kind!r} (set 0)")
     if config.reader_fp8 and config.reader_kind != "fid":
         raise ValueError("model.reader_fp8 quantizes a FiD reader's encoder; "
                          f"model.reader_kind={config.reader_kind!r} has none (set false)")

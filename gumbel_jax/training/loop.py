@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from gumbel_jax import sharding
-from gumbel_jax.training import multihost
+from gumbel_jax.training import multihost, packing
 from gumbel_jax.training.config import ObjectiveConfig, OptimizerConfig, TrainConfig
 from gumbel_jax.training.hooks import Hook, TrainContext, is_due
 from gumbel_jax.training.run_folder import is_remote, run_path, write_text
@@ -131,26 +131,53 @@ def run_steps(step_fn, state, batches, *, start: int, end: int, base_key, log_ev
 
 
 def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
-          stop_at: int | None = None, mesh=None, hooks=()) -> dict:
+          stop_at: int | None = None, mesh=None, hooks=(), reranker_packing: float = 0.0
+          ) -> dict:
     """Train ``ranker`` (a Flax NNX module, updated in place at the end) against the frozen
     ``reader`` on batches from ``dataset`` (a grain IterDataset), in :func:`train_model`'s
     shell (checkpoints, metrics, preemption, placement on a mesh; see there). The hooks see a
     :class:`RankerState` of the reranker; with a ``mesh`` the frozen reader is placed on it by
-    ``sharding.PARAMETER_RULES`` too. Returns the metrics of the last line written for
-    training steps."""
+    ``sharding.PARAMETER_RULES`` too. ``reranker_packing`` (a RankT5's bucket width, 0: off;
+    ``training.packing``) packs the reranker's encoder at a capacity the host picks per
+    batch. Returns the metrics of the last line written for training steps."""
     ranker_graph, _ = nnx.split(ranker)
     reader_graph, reader_state = nnx.split(reader)
-    tx, train_step = _optimizer_and_step(ranker_graph, reader_graph, config.optimizer,
-                                         config.num_steps, config.objective)
+
+    def step_of(graph):
+        return _optimizer_and_step(graph, reader_graph, config.optimizer, config.num_steps,
+                                   config.objective)
+
+    tx, train_step = step_of(ranker_graph)
     if mesh is not None:
         reader_state = sharding.shard_parameters(reader_state, mesh)
-    return train_model(config, model=ranker, tx=tx,
-                       step_fn=ranker_step(train_step, reader_state), dataset=dataset,
-                       workdir=workdir, reader=reader, stop_at=stop_at, mesh=mesh, hooks=hooks)
+    step_fn, batch_plan = ranker_step(train_step, reader_state), None
+    if reranker_packing:
+        if not hasattr(ranker, "capacity_checked"):
+            raise ValueError(f"reranker_packing={reranker_packing} packs a RankT5 encoder; "
+                             f"{type(ranker).__name__} has none (set 0)")
+        if jax.process_count() > 1:
+            raise ValueError(f"reranker_packing={reranker_packing} needs one process: every "
+                             "host would have to agree on each batch's capacity (not built)")
+        steps = packing.PackedRankerSteps(ranker, lambda graph: step_of(graph)[1])
+        step_fn = planned_ranker_step(steps, reader_state)
+        batch_plan = functools.partial(packing.host_capacity, width=reranker_packing)
+    return train_model(config, model=ranker, tx=tx, step_fn=step_fn, dataset=dataset,
+                       workdir=workdir, reader=reader, stop_at=stop_at, mesh=mesh, hooks=hooks,
+                       batch_plan=batch_plan)
+
+
+def planned_ranker_step(steps: packing.PackedRankerSteps, reader_state):
+    """:func:`ranker_step` for :class:`packing.PlannedBatch` batches: each runs the step
+    compiled for its capacity."""
+
+    def step(state: RankerState, planned: packing.PlannedBatch, key):
+        return ranker_step(steps(planned.capacity), reader_state)(state, planned.batch, key)
+
+    return step
 
 
 def train_model(config: TrainConfig, *, model, tx, step_fn, dataset, workdir, reader=None,
-                stop_at: int | None = None, mesh=None, hooks=()) -> dict:
+                stop_at: int | None = None, mesh=None, hooks=(), batch_plan=None) -> dict:
     """The training shell around :func:`run_steps`, for any trained module: ``model`` (its
     parameters updated in place at the end) trains by ``step_fn(RankerState, batch, key) ->
     (RankerState, {"loss", ...})`` with the optimizer ``tx`` on batches from ``dataset``.
@@ -172,6 +199,8 @@ def train_model(config: TrainConfig, *, model, tx, step_fn, dataset, workdir, re
     (the frozen reader, or None). With a ``mesh`` (``gumbel_jax.sharding.make_mesh``) batches
     are split over its (data, fsdp) axes and parameters and optimizer state placed by
     ``sharding.PARAMETER_RULES``; a restore lands on whatever mesh is given.
+    ``batch_plan`` (None: off) maps each host batch, before it is placed, to a choice the
+    step function gets with it (a :class:`packing.PlannedBatch`).
     Returns the metrics of the last line written for training steps.
     """
     workdir = run_path(workdir)  # absolute, as orbax needs; or a gs:// URL
@@ -182,7 +211,9 @@ def train_model(config: TrainConfig, *, model, tx, step_fn, dataset, workdir, re
     start, state = restore_latest(manager, RankerState(params, tx.init(params)), iterator)
     if mesh is not None:  # shardings from the fresh parameters, which carry the axis names
         state = _place_on_mesh(state, params, tx, mesh)
-    place = (lambda b: sharding.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
+    shard = (lambda b: sharding.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
+    place = shard if batch_plan is None else (
+        lambda b: packing.PlannedBatch(shard(b), batch_plan(b)))
     log = _RunLog(workdir, start, config.num_steps)
     context = TrainContext(workdir=workdir, ranker_graph=graph, reader=reader, log=log.write)
     saved = [start]

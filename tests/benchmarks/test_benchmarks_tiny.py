@@ -27,12 +27,15 @@ def test_grerank_step_tiny(tmp_path):
     assert math.isfinite(report["final_loss"]) and 0 < report["final_loss"] < 20
 
 
-def test_grerank_step_tiny_reader_fp8(tmp_path):
-    """The trainer's step with the frozen reader's encoder in e4m3 runs, and the report
-    counts the FP8 products XLA formed (on a CPU none: it multiplies dequantized values)."""
+def test_grerank_step_tiny_reader_fp8_and_reranker_packing(tmp_path):
+    """The trainer's step with the frozen reader's encoder in e4m3 and the reranker packed at
+    its batch's bucket runs, and the report counts the FP8 products XLA formed (on a CPU
+    none: it multiplies dequantized values)."""
     report = _report(tmp_path, grerank_step, ["--size", "tiny", "--steps", "1",
-                                              "--reader_fp8", "--count_kernels"])
+                                              "--reader_fp8", "--count_kernels",
+                                              "--reranker_packing", "0.05"])
     assert report["options"]["reader_fp8"] is True
+    assert 0 < report["reranker_capacity"] < 1  # the trainer's bucket for this batch
     assert math.isfinite(report["final_loss"]) and 0 < report["final_loss"] < 20
     assert report["fp8_products"] == {"cublaslt_fp8_gemms": 0, "e4m3_dots": 0}
 

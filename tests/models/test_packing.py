@@ -85,6 +85,24 @@ def test_rankt5_with_packed_encoder_equals_padded_float32(lengths, right_padded,
     assert np.abs(np.asarray(ffn)).max() > 0  # the packed feed-forward is trained
 
 
+def test_rankt5_with_a_checked_capacity_equals_padded_and_fails_loudly_when_it_overflows():
+    """capacity_checked (training.packing: the host checked the batch fits) compiles only
+    the packed path: the same scores and gradients as padded where the batch fits, NaN scores
+    where it does not (never silently dropped tokens)."""
+    ranker = RankT5.random(T5Config(**RANKER), seed=1, score_token_id=5)
+    ids, mask = _inputs(FITS)
+    valid = np.asarray(mask.any(-1))
+    with jax.default_matmul_precision("highest"):
+        padded, padded_grads = _ranker_scores_and_grads(ranker, ids, mask, 0.0)
+        ranker.capacity_checked = True
+        packed, packed_grads = _ranker_scores_and_grads(ranker, ids, mask, 0.6)
+        overflow, _ = _ranker_scores_and_grads(ranker, *_inputs(OVERFLOWS), 0.6)
+    np.testing.assert_allclose(packed[valid], padded[valid], rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(packed_grads), jax.tree.leaves(padded_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert np.all(np.isnan(overflow))
+
+
 @pytest.mark.parametrize("implementation", [None, "xla"])
 def test_fid_encoder_packed_equals_padded_at_real_tokens_and_zero_at_padding(implementation):
     reader = FiDReader.random(T5Config(**TINY, attention_implementation=implementation),

@@ -1,0 +1,78 @@
+"""Packing the trained reranker's encoder, with the capacity chosen per batch on the host
+(``model.reranker_packing``; issue 17's padding lever for the model that trains).
+
+The frozen reader packs inside its step (``T5EncoderDecoder.encode`` with a ``lax.cond``
+fallback to the padded path). The reranker cannot: under a gradient the cond keeps both
+paths' activations (out of memory at the paper's batch 32). Here the host counts each
+batch's real reranker tokens before the batch goes to the devices, rounds the count up to
+the next multiple of ``width`` (a fraction of the batch's token slots), and runs the step
+compiled for that capacity with ``RankT5.capacity_checked``: the packed path only. A
+training run compiles one step per capacity its batches need (a few: real-token shares of a
+dataset's batches vary little); a batch with almost no padding runs the padded step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+from flax import nnx
+
+
+class PlannedBatch(NamedTuple):
+    """A placed batch and the reranker capacity the host chose for it (0.0: padded)."""
+
+    batch: Any
+    capacity: float
+
+
+def capacity_bucket(real_tokens: int, slots: int, width: float) -> float:
+    """The smallest multiple of ``width`` whose share of ``slots`` holds ``real_tokens``;
+    0.0 (the padded step) when that share would be the whole batch.
+
+    >>> capacity_bucket(700, 1000, 0.05)
+    0.7
+    >>> capacity_bucket(701, 1000, 0.05)
+    0.75
+    >>> capacity_bucket(990, 1000, 0.05)
+    0.0
+    """
+    if not 0.0 < width < 1.0:
+        raise ValueError(f"reranker_packing={width} must be in (0, 1) (the bucket width)")
+    buckets = math.ceil(real_tokens / slots / width - 1e-9)  # 1e-9: 0.7 / 0.05 is 13.99..
+    share = round(max(buckets, 1) * width, 10)
+    return share if share < 1.0 and math.ceil(share * slots) < slots else 0.0
+
+
+def host_capacity(batch: dict, width: float) -> float:
+    """:func:`capacity_bucket` of a host batch's reranker tokens (``ranker_mask``)."""
+    mask = np.asarray(batch["ranker_mask"])
+    return capacity_bucket(int(mask.sum()), mask.size, width)
+
+
+class PackedRankerSteps:
+    """The reranker's train step per capacity, compiled on first use.
+
+    Args:
+      ranker: the RankT5 being trained (its attributes are set only while its graph is
+        taken, and restored).
+      make_step: ``graph -> train_step`` (``loop._optimizer_and_step``'s step for that graph).
+    """
+
+    def __init__(self, ranker, make_step):
+        self.ranker, self.make_step, self.steps = ranker, make_step, {}
+
+    def graph(self, capacity: float):
+        """The reranker's graph with ``capacity`` (0.0: padded) as a checked capacity."""
+        saved = self.ranker.token_capacity, self.ranker.capacity_checked
+        try:
+            self.ranker.token_capacity, self.ranker.capacity_checked = capacity, capacity > 0
+            return nnx.split(self.ranker)[0]
+        finally:
+            self.ranker.token_capacity, self.ranker.capacity_checked = saved
+
+    def __call__(self, capacity: float):
+        if capacity not in self.steps:
+            self.steps[capacity] = self.make_step(self.graph(capacity))
+        return self.steps[capacity]
