@@ -51,15 +51,11 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--token_capacity", type=float, default=0.0,
                         help="encoders pack real tokens into this fraction of the slots "
                              "(ModelConfig.token_capacity; 0: off)")
-    parser.add_argument("--reader_fp8", action="store_true",
-                        help="the frozen reader's encoder multiplies in FP8 e4m3 "
-                             "(ModelConfig.reader_fp8)")
 
 
 def model_settings(args) -> dict:
     return {"dtype": args.dtype, "dma": args.dma, "attention": args.attention,
-            "remat": args.remat, "token_capacity": args.token_capacity,
-            "reader_fp8": args.reader_fp8}
+            "remat": args.remat, "token_capacity": args.token_capacity}
 
 
 @dataclasses.dataclass(frozen=True)

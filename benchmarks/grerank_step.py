@@ -32,7 +32,8 @@ from gumbel_jax.training.step import make_optimizer, make_train_step
 
 def model_config(args):
     """The benchmark's models as the trainer's ``ModelConfig`` (see ``common.model_config``)."""
-    return common.model_config(args.size, **common.model_settings(args))
+    return common.model_config(args.size, **common.model_settings(args),
+                               reader_fp8=args.reader_fp8)
 
 
 def make_step(args, *, abstract: bool = False):
@@ -51,10 +52,10 @@ def make_step(args, *, abstract: bool = False):
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     batch = common.synthetic_batch(np.random.default_rng(0), shape, common.TINY_VOCAB
                                    if config.reader == "tiny" else 32128)
-    if getattr(args, "reranker_packing", 0.0):
+    if getattr(args, "reranker_packing_bucket", 0.0):
         # What the trainer does per batch (training.packing): the step compiled for this
         # batch's capacity bucket.
-        ranker.token_capacity = packing.host_capacity(batch, args.reranker_packing)
+        ranker.token_capacity = packing.host_capacity(batch, args.reranker_packing_bucket)
         ranker.capacity_checked = ranker.token_capacity > 0
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-5), num_steps=1000)
     ranker_graph, ranker_params = nnx.split(ranker)
@@ -90,16 +91,16 @@ def run(args) -> dict:
         "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention",
                                                   "remat", "num_samples", "no_fold",
                                                   "dense_bias", "token_capacity",
-                                                  "reader_fp8", "reranker_packing")},
+                                                  "reader_fp8", "reranker_packing_bucket")},
         "device": common.device_description(), **timing,
         "questions_per_s": args.batch / timing["step_s_median"],
         **common.throughput(common.real_work(jax.device_get(batch)),
                             timing["step_s_median"]),
         "peak_memory_bytes": common.peak_memory_bytes(), "final_loss": loss,
     }
-    if args.reranker_packing:
+    if args.reranker_packing_bucket:
         report["reranker_capacity"] = packing.host_capacity(jax.device_get(batch),
-                                                            args.reranker_packing)
+                                                            args.reranker_packing_bucket)
     if args.profile:
         from benchmarks import trace_summary
 
@@ -137,13 +138,32 @@ def run(args) -> dict:
     return report
 
 
+_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (\w+)\[")
+_DOT = re.compile(r"\bdot\((?:(\w+)\[[^\]]*\]\S*\s+)?%?([\w.\-]+)")
+
+
 def fp8_products(compiled_hlo: str) -> dict:
-    """The FP8 matrix products of an optimised HLO module's text: cuBLASLt FP8 GEMM calls
-    and ``dot`` instructions (inside fusions too, e.g. Triton's) whose first operand is e4m3.
-    Both 0: XLA multiplied the dequantized values in bf16."""
-    return {"cublaslt_fp8_gemms": len(re.findall(r'custom_call_target="__cublas\$lt\$matmul\$f8"',
-                                                 compiled_hlo)),
-            "e4m3_dots": len(re.findall(r"\bdot\(f8e4m3fn\[", compiled_hlo))}
+    """The matrix products of an optimised HLO module's text (``compile().as_text()``):
+    ``dots`` in all, ``e4m3_dots`` whose first operand is e4m3 (inside fusions too, e.g.
+    Triton's), and ``cublaslt_fp8_gemms``, cuBLASLt FP8 GEMM calls. XLA prints a dot's
+    operands by name (some versions with their types): a name's type comes from its
+    definition in the same computation. ``e4m3_dots`` and ``cublaslt_fp8_gemms`` both 0: XLA
+    multiplied dequantized values in bf16, and FP8 cannot have sped anything up."""
+    counts = {"dots": 0, "e4m3_dots": 0,
+              "cublaslt_fp8_gemms": compiled_hlo.count('"__cublas$lt$matmul$f8"')}
+    types: dict[str, str] = {}
+    for line in compiled_hlo.splitlines():
+        if line.rstrip().endswith("{") and not line.startswith(" "):  # a computation begins
+            types = {}
+            continue
+        definition = _DEFINITION.match(line)
+        if definition:
+            types[definition.group(1)] = definition.group(2)
+        dot = _DOT.search(line)
+        if dot:
+            counts["dots"] += 1
+            counts["e4m3_dots"] += (dot.group(1) or types.get(dot.group(2))) == "f8e4m3fn"
+    return counts
 
 
 def parser() -> argparse.ArgumentParser:
@@ -160,10 +180,13 @@ def parser() -> argparse.ArgumentParser:
                         "(beside the datasheet figure)")
     p.add_argument("--count_kernels", action="store_true",
                    help="count the cuDNN attention calls in the lowered step (GPU)")
-    p.add_argument("--reranker_packing", type=float, default=0.0,
+    p.add_argument("--reader_fp8", action="store_true",
+                   help="the frozen reader's encoder multiplies in FP8 e4m3 "
+                        "(ModelConfig.reader_fp8)")
+    p.add_argument("--reranker_packing_bucket", type=float, default=0.0,
                    help="pack the trained reranker's encoder at this batch's real-token share "
                         "rounded up to a multiple of this width, as the trainer does "
-                        "(ModelConfig.reranker_packing; 0: off)")
+                        "(ModelConfig.reranker_packing_bucket; 0: off)")
     p.add_argument("--no_fold", action="store_true",
                    help="run RankT5's general decoder instead of the folded one-query "
                         "cross-attention (the lever's before)")

@@ -2,11 +2,13 @@
 matrix products in e4m3 (``ModelConfig.reader_fp8``, ``gumbel_jax.models.fp8``) against the
 same reader unquantized, and G-Rerank trained on each.
 
-    python -m experiments.demo_fp8_reader --out docs/demo/fp8_reader.json
+    python -m experiments.demo_fp8_reader --out docs/demo/fp8_reader_bfloat16.json
+    python -m experiments.demo_fp8_reader --dtype float32 --out docs/demo/fp8_reader_float32.json
 
 The reader is trained as ``make demo`` trains it: it is the only trained reader this
 repository can build offline (a paper-size reader's EM needs its checkpoint and data). From
-that one reader, both ways, on the demo's held-out questions:
+that one reader, frozen as the trainer freezes one (``--dtype``, weights stored in it), with
+its encoder unquantized and in e4m3, on the demo's held-out questions:
 
 - its EM in every reading setting the demo reports (``experiments.demo.reader_report``);
 - its gold answer's NLL by bridge mask weight (``demo_float_path.bridge_weight_nll``): what
@@ -50,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                               "the reader's numbers only)")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="the frozen reader's compute dtype, both ways (it trains in "
+                             "float32, as in the demo; bfloat16 is the trainer's on "
+                             "accelerators)")
     parser.add_argument("--out", help="the JSON to write (printed either way)")
     parser.add_argument("--table", metavar="REPORT",
                         help="print this report as a markdown table instead of running")
@@ -60,15 +66,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def quantized_setup(setup: FrozenReaderSetup, config: demo.DemoConfig) -> FrozenReaderSetup:
-    """``setup`` with a copy of its reader whose encoder multiplies in e4m3 (the original is
-    left as it is) and a reranker trainer on that copy."""
+def frozen_copy(reader, dtype: str, *, fp8: bool):
+    """A copy of the trained ``reader`` as the trainer freezes one: computing in ``dtype``
+    with its weight matrices stored in it (``factory.store_frozen_weights_in_compute_dtype``)
+    and, with ``fp8``, its encoder's products in e4m3 (``models.fp8.quantize_linears``)."""
+    import dataclasses
+
+    import jax.numpy as jnp
     from flax import nnx
 
+    from gumbel_jax.models import FiDReader
     from gumbel_jax.models.fp8 import quantize_linears
+    from gumbel_jax.training.factory import store_frozen_weights_in_compute_dtype
 
-    reader = nnx.clone(setup.reader)
-    quantize_linears(reader.t5.encoder)
+    config = dataclasses.replace(reader.config, dtype=jnp.dtype(dtype))
+    copy = FiDReader.random(config, method=reader.method, frozen=True)
+    nnx.update(copy, nnx.state(reader, nnx.Param))
+    store_frozen_weights_in_compute_dtype(copy, config.dtype)
+    if fp8:
+        quantize_linears(copy.t5.encoder)
+    return copy
+
+
+def with_reader(setup: FrozenReaderSetup, config: demo.DemoConfig, reader
+                ) -> FrozenReaderSetup:
+    """``setup`` reading with ``reader``, and a reranker trainer on it."""
     trainer = demo.RankerTrainer(config, reader, setup.trainer.tokenizer,
                                  setup.trainer.train_examples, setup.eval_batch)
     return FrozenReaderSetup(trainer, reader, setup.reader_losses, setup.held_out,
@@ -94,15 +116,16 @@ def run(args: argparse.Namespace) -> dict:
                              reader_steps=args.reader_steps, ranker_steps=args.ranker_steps,
                              batch_size=args.batch_size, seeds=max(args.seeds, 1),
                              ks=(args.k,), tune=False, methods=("G-Rerank",))
-    plain = train_frozen_reader(config)
-    fp8 = quantized_setup(plain, config)
+    trained = train_frozen_reader(config)
+    plain = with_reader(trained, config, frozen_copy(trained.reader, args.dtype, fp8=False))
+    fp8 = with_reader(trained, config, frozen_copy(trained.reader, args.dtype, fp8=True))
     results = {"float": measure(plain, config, args), "fp8_encoder": measure(fp8, config, args)}
     em_change = {name: results["fp8_encoder"]["reader_exact_match"][name] - value
                  for name, value in results["float"]["reader_exact_match"].items()}
     return {**demo.float_path(), "settings": vars(args),
-            "reader": {"final_loss": float(np.mean(plain.reader_losses[-50:])),
-                       "encoder_layers": plain.reader.config.num_layers,
-                       "d_model": plain.reader.config.d_model},
+            "reader": {"final_loss": float(np.mean(trained.reader_losses[-50:])),
+                       "encoder_layers": trained.reader.config.num_layers,
+                       "d_model": trained.reader.config.d_model, "dtype": args.dtype},
             **results,
             "exact_match_change": em_change,
             "largest_exact_match_change": max(em_change.values(), key=abs),
@@ -120,8 +143,9 @@ def markdown_table(report: dict) -> str:
     rows += [(f"gold answer NLL, bridge at mask weight {w}",
               *(report[way]["gold_nll_by_bridge_weight"][w] for way in ("float", "fp8_encoder")),
               ".4f") for w in report["float"]["gold_nll_by_bridge_weight"]]
-    lines = ["| measured (held-out questions) | encoder unquantized | encoder in e4m3 | change |",
-             "|---|---|---|---|"]
+    dtype = report["settings"].get("dtype", "float32")  # reports before --dtype: float32
+    lines = [f"| measured (held-out questions), {dtype} | encoder unquantized | encoder in "
+             "e4m3 | change |", "|---|---|---|---|"]
     lines += [f"| {name} | {plain:{form}} | {fp8:{form}} | {fp8 - plain:+{form}} |"
               for name, plain, fp8, form in rows]
     if report["float"][recall]:

@@ -56,9 +56,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def batch_shards(mesh: Mesh | None) -> int:
+    """How many blocks a batch's first axis is split into over the mesh (data x fsdp);
+    1 without a mesh."""
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     """``batch_size`` is the global batch (every process's examples together)."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = batch_shards(mesh)
     if batch_size % shards:
         raise ValueError(f"batch size {batch_size} is not divisible by the {shards} batch "
                          "shards (data x fsdp) of the mesh")

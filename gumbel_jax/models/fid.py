@@ -31,16 +31,19 @@ class FiDReader(nnx.Module):
       token_capacity: the encoder's position-wise work on real tokens only, packed into
         this fraction of the ``[batch * docs, doc_len]`` slots (``T5EncoderDecoder.encode``);
         0: off.
+      packing_groups: questions split into this many consecutive blocks, each packed on its
+        own (one per device of a mesh's batch axes; ``training.loop`` sets it).
     """
 
     def __init__(self, t5: T5EncoderDecoder, *, method: DmaMethod = "bias",
-                 frozen: bool = True, token_capacity: float = 0.0):
+                 frozen: bool = True, token_capacity: float = 0.0, packing_groups: int = 1):
         if method not in ("bias", "blockwise"):
             raise ValueError(f"method must be 'bias' or 'blockwise', got {method!r}")
         self.t5 = t5
         self.method = method
         self.frozen = frozen
         self.token_capacity = token_capacity
+        self.packing_groups = packing_groups
 
     @classmethod
     def random(cls, config: T5Config, *, seed: int = 0, **options) -> FiDReader:
@@ -67,7 +70,8 @@ class FiDReader(nnx.Module):
         batch, docs, length = input_ids.shape
         flat_mask = attention_mask.reshape(batch * docs, length).astype(bool)
         states = self.t5.encode(input_ids.reshape(batch * docs, length), flat_mask,
-                                token_capacity=self.token_capacity, dropout_key=dropout_key)
+                                token_capacity=self.token_capacity,
+                                packing_groups=self.packing_groups, dropout_key=dropout_key)
         states = states.reshape(batch, docs * length, -1)
         if self.frozen:
             states = jax.lax.stop_gradient(states)

@@ -20,7 +20,8 @@ class RankT5(nnx.Module):
 
     def __init__(self, t5: T5EncoderDecoder, *, score_token_id: int = RANKT5_SCORE_TOKEN_ID,
                  fold_cross_attention: bool = True, right_padded: bool = True,
-                 token_capacity: float = 0.0, capacity_checked: bool = False):
+                 token_capacity: float = 0.0, capacity_checked: bool = False,
+                 packing_groups: int = 1):
         if not 0 <= score_token_id < t5.config.vocab_size:
             raise ValueError(f"score_token_id {score_token_id} is outside the vocabulary "
                              f"(size {t5.config.vocab_size})")
@@ -40,6 +41,9 @@ class RankT5(nnx.Module):
         # training.packing compiles one step per capacity and picks it per batch).
         self.token_capacity = token_capacity
         self.capacity_checked = capacity_checked
+        # Each of this many consecutive blocks of rows packs on its own (one per device of a
+        # mesh's batch axes: see TokenPacking).
+        self.packing_groups = packing_groups
 
     @classmethod
     def random(cls, config: T5Config, *, seed: int = 0, **options) -> RankT5:
@@ -51,7 +55,8 @@ class RankT5(nnx.Module):
         flat_mask = attention_mask.reshape(-1, length).astype(bool)
         memory = self.t5.encode(flat_ids, flat_mask, right_padded=self.right_padded,
                                 token_capacity=self.token_capacity,
-                                capacity_checked=self.capacity_checked)
+                                capacity_checked=self.capacity_checked,
+                                packing_groups=self.packing_groups)
         start = jnp.full((flat_ids.shape[0], 1), self.t5.config.decoder_start_token_id,
                          jnp.int32)
         if self.fold_cross_attention:

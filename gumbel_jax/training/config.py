@@ -173,7 +173,7 @@ class ModelConfig:
     # The trained RankT5's encoder packs its real tokens too, at a capacity the host picks
     # per batch: the batch's real-token share rounded up to a multiple of this width (e.g.
     # 0.05); one compiled step per capacity (training.packing). Same results. 0: off.
-    reranker_packing: float = 0.0
+    reranker_packing_bucket: float = 0.0
     # The reader's beam width when it answers in evaluation: 1 is greedy (FiD evaluates
     # greedily); more runs beam search (Hugging Face's, early stopping, length penalty 1).
     num_beams: int = 1

@@ -29,7 +29,13 @@ from gumbel_jax.training.config import (
 from gumbel_jax.training.evaluation import evaluate, write_evaluation
 from gumbel_jax.training.factory import build_models, validate_model
 from gumbel_jax.training.hooks import held_out_eval_hook, load_best
-from gumbel_jax.training.loop import RankerState, checkpoint_manager, restore_latest, train
+from gumbel_jax.training.loop import (
+    RankerState,
+    check_reranker_packing,
+    checkpoint_manager,
+    restore_latest,
+    train,
+)
 from gumbel_jax.training.run_folder import run_path, write_text
 from gumbel_jax.training.step import make_optimizer
 
@@ -161,6 +167,8 @@ def run_training(config: ExperimentConfig | ReaderExperimentConfig, workdir, *,
     # Built (and so validated) before anything is written: a bad setting leaves no run
     # folder behind.
     reader, ranker, train_source, eval_records, featurize = build(config, mesh=mesh)
+    if config.model.reranker_packing_bucket:
+        check_reranker_packing(ranker, config.model.reranker_packing_bucket)
     if config.train.eval_every:  # before anything is written
         check_best_metric(config.train.best_metric, eval_records)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +179,7 @@ def run_training(config: ExperimentConfig | ReaderExperimentConfig, workdir, *,
                            batch_size=config.data.batch_size // processes)
     metrics = train(config.train, ranker=ranker, reader=reader, dataset=dataset,
                     workdir=workdir, mesh=mesh, hooks=_hooks(config, eval_records, featurize),
-                    reranker_packing=config.model.reranker_packing)
+                    reranker_packing_bucket=config.model.reranker_packing_bucket)
     if not metrics.get("preempted"):  # (evaluate and write_evaluation: see multi-host above)
         results = _evaluate_held_out(config, ranker, reader, eval_records, featurize)
         if config.data.num_mining:

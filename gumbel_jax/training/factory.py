@@ -151,8 +151,9 @@ def store_frozen_weights_in_compute_dtype(reader, dtype) -> None:
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float32:
         return
-    cast = lambda x: x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype,
-                                                                        jnp.floating) else x
+    # 8-bit floats (an FP8 encoder's kernels, models.fp8) are already smaller: left as is.
+    cast = lambda x: (x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating)
+                      and x.dtype.itemsize > 1 else x)
     nnx.update(reader, jax.tree.map(cast, nnx.state(reader, nnx.Param)))
 
 
@@ -245,13 +246,13 @@ def validate_model(config: ModelConfig) -> None:
     if config.token_capacity and config.reader_kind != "fid":
         raise ValueError(f"model.token_capacity={config.token_capacity} packs a FiD reader's "
                          f"encoder; model.reader_kind={config.reader_kind!r} has none (set 0)")
-    if not 0.0 <= config.reranker_packing < 1.0:
-        raise ValueError(f"model.reranker_packing={config.reranker_packing} must be in [0, 1) "
-                         "(the bucket width of the reranker's packed capacity, e.g. 0.05; 0: "
-                         "off)")
-    if config.reranker_packing and config.reranker_kind != "rankt5":
-        raise ValueError(f"model.reranker_packing={config.reranker_packing} packs a RankT5 "
-                         f"encoder; model.reranker_kind={config.reranker_kind!r} (set 0)")
+    bucket = config.reranker_packing_bucket
+    if not 0.0 <= bucket < 1.0:
+        raise ValueError(f"model.reranker_packing_bucket={bucket} must be in [0, 1) (the "
+                         "bucket width of the reranker's packed capacity, e.g. 0.05; 0: off)")
+    if bucket and config.reranker_kind != "rankt5":
+        raise ValueError(f"model.reranker_packing_bucket={bucket} packs a RankT5 encoder; "
+                         f"model.reranker_kind={config.reranker_kind!r} (set 0)")
     if config.reader_fp8 and config.reader_kind != "fid":
         raise ValueError("model.reader_fp8 quantizes a FiD reader's encoder; "
                          f"model.reader_kind={config.reader_kind!r} has none (set false)")

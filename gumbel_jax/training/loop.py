@@ -131,17 +131,21 @@ def run_steps(step_fn, state, batches, *, start: int, end: int, base_key, log_ev
 
 
 def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
-          stop_at: int | None = None, mesh=None, hooks=(), reranker_packing: float = 0.0
+          stop_at: int | None = None, mesh=None, hooks=(), reranker_packing_bucket: float = 0.0
           ) -> dict:
     """Train ``ranker`` (a Flax NNX module, updated in place at the end) against the frozen
     ``reader`` on batches from ``dataset`` (a grain IterDataset), in :func:`train_model`'s
     shell (checkpoints, metrics, preemption, placement on a mesh; see there). The hooks see a
     :class:`RankerState` of the reranker; with a ``mesh`` the frozen reader is placed on it by
-    ``sharding.PARAMETER_RULES`` too. ``reranker_packing`` (a RankT5's bucket width, 0: off;
-    ``training.packing``) packs the reranker's encoder at a capacity the host picks per
-    batch. Returns the metrics of the last line written for training steps."""
+    ``sharding.PARAMETER_RULES`` too. ``reranker_packing_bucket`` (a RankT5's bucket width,
+    0: off; ``training.packing``) packs the reranker's encoder at a capacity the host picks
+    per batch. A packed encoder packs each device's block of questions on its own. Returns
+    the metrics of the last line written for training steps."""
     ranker_graph, _ = nnx.split(ranker)
     reader_graph, reader_state = nnx.split(reader)
+    groups = sharding.batch_shards(mesh)
+    if getattr(reader, "token_capacity", 0.0):  # a packed reader packs per device's block
+        reader_graph = packing.graph_with(reader, packing_groups=groups)
 
     def step_of(graph):
         return _optimizer_and_step(graph, reader_graph, config.optimizer, config.num_steps,
@@ -151,19 +155,25 @@ def train(config: TrainConfig, *, ranker, reader, dataset, workdir,
     if mesh is not None:
         reader_state = sharding.shard_parameters(reader_state, mesh)
     step_fn, batch_plan = ranker_step(train_step, reader_state), None
-    if reranker_packing:
-        if not hasattr(ranker, "capacity_checked"):
-            raise ValueError(f"reranker_packing={reranker_packing} packs a RankT5 encoder; "
-                             f"{type(ranker).__name__} has none (set 0)")
-        if jax.process_count() > 1:
-            raise ValueError(f"reranker_packing={reranker_packing} needs one process: every "
-                             "host would have to agree on each batch's capacity (not built)")
-        steps = packing.PackedRankerSteps(ranker, lambda graph: step_of(graph)[1])
+    if reranker_packing_bucket:
+        check_reranker_packing(ranker, reranker_packing_bucket)
+        steps = packing.PackedRankerSteps(ranker, lambda graph: step_of(graph)[1], groups)
         step_fn = planned_ranker_step(steps, reader_state)
-        batch_plan = functools.partial(packing.host_capacity, width=reranker_packing)
+        batch_plan = functools.partial(packing.host_capacity, width=reranker_packing_bucket,
+                                       groups=groups)
     return train_model(config, model=ranker, tx=tx, step_fn=step_fn, dataset=dataset,
                        workdir=workdir, reader=reader, stop_at=stop_at, mesh=mesh, hooks=hooks,
                        batch_plan=batch_plan)
+
+
+def check_reranker_packing(ranker, bucket: float) -> None:
+    """What ``reranker_packing_bucket`` needs, refused by name: a RankT5, one process."""
+    if not hasattr(ranker, "capacity_checked"):
+        raise ValueError(f"reranker_packing_bucket={bucket} packs a RankT5 encoder; "
+                         f"{type(ranker).__name__} has none (set 0)")
+    if jax.process_count() > 1:
+        raise ValueError(f"reranker_packing_bucket={bucket} needs one process: every host "
+                         "would have to agree on each batch's capacity (not built)")
 
 
 def planned_ranker_step(steps: packing.PackedRankerSteps, reader_state):

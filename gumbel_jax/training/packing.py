@@ -1,5 +1,5 @@
 """Packing the trained reranker's encoder, with the capacity chosen per batch on the host
-(``model.reranker_packing``; issue 17's padding lever for the model that trains).
+(``model.reranker_packing_bucket``; issue 17's padding lever for the model that trains).
 
 The frozen reader packs inside its step (``T5EncoderDecoder.encode`` with a ``lax.cond``
 fallback to the padded path). The reranker cannot: under a gradient the cond keeps both
@@ -39,38 +39,49 @@ def capacity_bucket(real_tokens: int, slots: int, width: float) -> float:
     0.0
     """
     if not 0.0 < width < 1.0:
-        raise ValueError(f"reranker_packing={width} must be in (0, 1) (the bucket width)")
+        raise ValueError(f"reranker_packing_bucket={width} must be in (0, 1) (the bucket width)")
     buckets = math.ceil(real_tokens / slots / width - 1e-9)  # 1e-9: 0.7 / 0.05 is 13.99..
     share = round(max(buckets, 1) * width, 10)
     return share if share < 1.0 and math.ceil(share * slots) < slots else 0.0
 
 
-def host_capacity(batch: dict, width: float) -> float:
-    """:func:`capacity_bucket` of a host batch's reranker tokens (``ranker_mask``)."""
-    mask = np.asarray(batch["ranker_mask"])
-    return capacity_bucket(int(mask.sum()), mask.size, width)
+def host_capacity(batch: dict, width: float, groups: int = 1) -> float:
+    """:func:`capacity_bucket` of a host batch's reranker tokens (``ranker_mask``): the
+    fullest of its ``groups`` consecutive blocks of questions (each packs on its own, one per
+    device of the mesh's batch axes) sets the capacity."""
+    mask = np.asarray(batch["ranker_mask"]).reshape(groups, -1)
+    return capacity_bucket(int(mask.sum(axis=1).max()), mask.shape[1], width)
+
+
+def graph_with(module, **attributes):
+    """``module``'s graph with these (static) attributes set; the module is left as it was.
+    Attributes are part of the graph, so each setting is its own compiled program."""
+    saved = {name: getattr(module, name) for name in attributes}
+    try:
+        for name, value in attributes.items():
+            setattr(module, name, value)
+        return nnx.split(module)[0]
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
 
 
 class PackedRankerSteps:
     """The reranker's train step per capacity, compiled on first use.
 
     Args:
-      ranker: the RankT5 being trained (its attributes are set only while its graph is
-        taken, and restored).
+      ranker: the RankT5 being trained (left as it is: see :func:`graph_with`).
       make_step: ``graph -> train_step`` (``loop._optimizer_and_step``'s step for that graph).
+      groups: the packing groups (``sharding.batch_shards`` of the mesh).
     """
 
-    def __init__(self, ranker, make_step):
-        self.ranker, self.make_step, self.steps = ranker, make_step, {}
+    def __init__(self, ranker, make_step, groups: int = 1):
+        self.ranker, self.make_step, self.groups, self.steps = ranker, make_step, groups, {}
 
     def graph(self, capacity: float):
         """The reranker's graph with ``capacity`` (0.0: padded) as a checked capacity."""
-        saved = self.ranker.token_capacity, self.ranker.capacity_checked
-        try:
-            self.ranker.token_capacity, self.ranker.capacity_checked = capacity, capacity > 0
-            return nnx.split(self.ranker)[0]
-        finally:
-            self.ranker.token_capacity, self.ranker.capacity_checked = saved
+        return graph_with(self.ranker, token_capacity=capacity, capacity_checked=capacity > 0,
+                          packing_groups=self.groups)
 
     def __call__(self, capacity: float):
         if capacity not in self.steps:

@@ -27,29 +27,51 @@ def test_grerank_step_tiny(tmp_path):
     assert math.isfinite(report["final_loss"]) and 0 < report["final_loss"] < 20
 
 
-def test_grerank_step_tiny_reader_fp8_and_reranker_packing(tmp_path):
+def test_grerank_step_tiny_reader_fp8_and_reranker_packing_bucket(tmp_path):
     """The trainer's step with the frozen reader's encoder in e4m3 and the reranker packed at
     its batch's bucket runs, and the report counts the FP8 products XLA formed (on a CPU
     none: it multiplies dequantized values)."""
     report = _report(tmp_path, grerank_step, ["--size", "tiny", "--steps", "1",
                                               "--reader_fp8", "--count_kernels",
-                                              "--reranker_packing", "0.05"])
+                                              "--reranker_packing_bucket", "0.05"])
     assert report["options"]["reader_fp8"] is True
     assert 0 < report["reranker_capacity"] < 1  # the trainer's bucket for this batch
     assert math.isfinite(report["final_loss"]) and 0 < report["final_loss"] < 20
-    assert report["fp8_products"] == {"cublaslt_fp8_gemms": 0, "e4m3_dots": 0}
+    products = report["fp8_products"]
+    assert products["dots"] > 0 and products["e4m3_dots"] == products["cublaslt_fp8_gemms"] == 0
 
 
 def test_fp8_products_are_counted_from_the_optimised_hlo():
-    hlo = "\n".join([  # one line per instruction, as XLA prints them
-        '%cublas-gemm.1 = (bf16[8,16]{1,0}, s8[335]{0}) custom-call(f8e4m3fn[8,32]{1,0} %a, '
-        'f8e4m3fn[16,32]{1,0} %b, f32[] %s, f32[] %t), '
+    """On XLA's own output: a CPU compiles an e4m3 product as converts and a float dot (no
+    FP8 product), and the printed dot names its operands without their types. On text in that
+    format with an e4m3 dot (as a GPU's Triton fusion prints it) and a cuBLASLt FP8 GEMM: each
+    counted once, an operand's type read from its own computation's definitions."""
+    import jax
+    import jax.numpy as jnp
+
+    e4m3 = jnp.ones((32, 64), jnp.float8_e4m3fn)
+    text = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32)).lower(
+        e4m3, e4m3.T).compile().as_text()
+    assert "dot(%" in text  # operands by name: the format the parser must read
+    assert grerank_step.fp8_products(text) == {"dots": 1, "e4m3_dots": 0,
+                                               "cublaslt_fp8_gemms": 0}
+    gpu_like = "\n".join([
+        "%triton_gemm (param_0: f8e4m3fn[8,32], param_1: f8e4m3fn[32,16]) -> bf16[8,16] {",
+        "  %param_0 = f8e4m3fn[8,32]{1,0} parameter(0)",
+        "  %param_1 = f8e4m3fn[32,16]{1,0} parameter(1)",
+        "  ROOT %dot.3 = bf16[8,16]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}",
+        "}",
+        "%fused_dot (param_0: bf16[8,32], param_1: bf16[32,16]) -> bf16[8,16] {",
+        "  %param_0 = bf16[8,32]{1,0} parameter(0)",  # the same name, another type
+        "  %param_1 = bf16[32,16]{1,0} parameter(1)",
+        "  ROOT %dot.4 = bf16[8,16]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}",
+        "}",
+        "ENTRY %main (a: f8e4m3fn[8,32], b: f8e4m3fn[16,32]) -> bf16[8,16] {",
+        '  %gemm = (bf16[8,16]{1,0}, s8[0]{0}) custom-call(%a, %b), '
         'custom_call_target="__cublas$lt$matmul$f8"',
-        '%dot.3 = bf16[8,16]{1,0} dot(f8e4m3fn[8,32]{1,0} %p0, f8e4m3fn[32,16]{1,0} %p1)',
-        '%dot.4 = bf16[8,16]{1,0} dot(bf16[8,32]{1,0} %p2, bf16[32,16]{1,0} %p3)',
-        '%gemm = bf16[8,16]{1,0} custom-call(bf16[8,32]{1,0} %c, bf16[16,32]{1,0} %d), '
-        'custom_call_target="__cublas$lt$matmul"'])
-    assert grerank_step.fp8_products(hlo) == {"cublaslt_fp8_gemms": 1, "e4m3_dots": 1}
+        "}"])
+    assert grerank_step.fp8_products(gpu_like) == {"dots": 2, "e4m3_dots": 1,
+                                                   "cublaslt_fp8_gemms": 1}
 
 
 @pytest.mark.slow

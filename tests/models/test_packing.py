@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from gumbel_jax.models import FiDReader, RankT5, T5Config
-from gumbel_jax.models.t5 import packing_capacity, token_packing
+from gumbel_jax.models.t5 import packing_capacity, packing_fits, token_packing
 
 TINY = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
             num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20)
@@ -20,8 +20,8 @@ def test_pack_and_unpack_by_hand():
     unpacking puts each token back and zeros on padding."""
     mask = jnp.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]], bool)
     packing = token_packing(mask, 7)
-    np.testing.assert_array_equal(packing.take, [0, 1, 8, 9, 10, 12, 12])
-    np.testing.assert_array_equal(packing.place, [0, 1, 7, 7, 7, 7, 7, 7, 2, 3, 4, 7])
+    np.testing.assert_array_equal(packing.take, [[0, 1, 8, 9, 10, 12, 12]])
+    np.testing.assert_array_equal(packing.place, [[0, 1, 7, 7, 7, 7, 7, 7, 2, 3, 4, 7]])
     x = jnp.arange(1.0, 13.0).reshape(3, 4, 1) * jnp.array([1.0, -1.0])  # [3, 4, 2]
     packed = packing.pack(x)
     np.testing.assert_array_equal(packed[:, 0], [1, 2, 9, 10, 11, 0, 0])
@@ -30,6 +30,25 @@ def test_pack_and_unpack_by_hand():
     weights = jnp.arange(1.0, 8.0)[:, None] * jnp.ones((1, 2))
     grad = jax.grad(lambda x: jnp.sum(packing.pack(x) * weights))(x)
     np.testing.assert_array_equal(grad[..., 0], [[1, 2, 0, 0], [0, 0, 0, 0], [3, 4, 5, 0]])
+
+
+def test_two_groups_pack_each_block_of_rows_on_its_own():
+    """Rows [a b . .], [. . . .] | [c d e .], [f . . .] in 2 groups of 4 slots: group 0
+    holds a b and 2 empty slots, group 1 holds c d e f; indices count within the group."""
+    mask = jnp.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], bool)
+    packing = token_packing(mask, 4, groups=2)
+    np.testing.assert_array_equal(packing.take, [[0, 1, 8, 8], [0, 1, 2, 4]])
+    np.testing.assert_array_equal(packing.place, [[0, 1, 4, 4, 4, 4, 4, 4],
+                                                  [0, 1, 2, 4, 3, 4, 4, 4]])
+    x = jnp.arange(1.0, 17.0).reshape(4, 4, 1)
+    np.testing.assert_array_equal(packing.pack(x)[:, 0], [1, 2, 0, 0, 9, 10, 11, 13])
+    np.testing.assert_array_equal(packing.unpack(packing.pack(x), 4), np.where(mask[..., None],
+                                                                              x, 0))
+    assert bool(packing_fits(mask, 4, groups=2)) and not bool(packing_fits(mask, 3, groups=2))
+    assert bool(packing_fits(mask, 6, groups=1)) and not bool(packing_fits(mask, 5, groups=1))
+    assert packing_capacity(0.5, 4, 4, groups=2) == 4
+    with pytest.raises(ValueError, match="3 rows do not split into 2 packing groups"):
+        packing_capacity(0.5, 3, 4, groups=2)
 
 
 def test_capacity_rounds_up_and_turns_off_where_it_saves_nothing():

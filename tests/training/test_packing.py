@@ -1,5 +1,5 @@
 """training.packing: the reranker's encoder packed at a capacity the host picks per batch
-(model.reranker_packing) - the buckets, the memory it saves where the in-step fallback
+(model.reranker_packing_bucket) - the buckets, the memory it saves where the in-step fallback
 cost memory, and training runs that equal unpacked ones."""
 
 import json
@@ -24,11 +24,14 @@ def test_buckets_round_the_real_share_up_to_a_multiple_of_the_width():
     assert capacity_bucket(951, 1000, 0.05) == 0.0  # the whole batch: the padded step
     assert capacity_bucket(7, 8, 0.5) == 0.0
     assert capacity_bucket(3, 8, 0.5) == 0.5
-    with pytest.raises(ValueError, match=r"reranker_packing=1.0 must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"reranker_packing_bucket=1.0 must be in \(0, 1\)"):
         capacity_bucket(3, 8, 1.0)
     mask = np.zeros((2, 3, 10), bool)
     mask[..., :7] = True
     assert host_capacity({"ranker_mask": mask}, 0.1) == 0.7
+    mask[1, :, 7:] = True  # the second question full: as a block of its own, it sets 1.0
+    assert host_capacity({"ranker_mask": mask}, 0.1) == 0.9  # ceil(0.85 / 0.1) x 0.1
+    assert host_capacity({"ranker_mask": mask}, 0.1, groups=2) == 0.0  # padded
 
 
 def _step_temp_bytes(batch, capacity: float, checked: bool) -> int:
@@ -87,49 +90,60 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_training_with_reranker_packing_equals_training_without(tmp_path, capsys,
                                                                 monkeypatch):
-    """The train CLI with model.reranker_packing: the same losses as without (packing changes
+    """The train CLI with model.reranker_packing_bucket: the same losses as without (packing changes
     only the order of sums: 1e-5) and the same held-out numbers; a bad width is a usage
     error naming the setting."""
     from experiments import train as train_cli
     from gumbel_jax.training import packing
 
-    chosen = []
+    chosen, compiled = [], []
 
-    def spy(batch, width):
-        chosen.append(host_capacity(batch, width))
+    def spy(batch, width, groups):
+        chosen.append(host_capacity(batch, width, groups))
         return chosen[-1]
 
+    original_graph = PackedRankerSteps.graph
+
+    def graph_spy(steps, capacity):  # what each compiled step's reranker does
+        graph = original_graph(steps, capacity)
+        module = nnx.merge(graph, nnx.state(steps.ranker))
+        compiled.append((module.token_capacity, module.capacity_checked))
+        return graph
+
     monkeypatch.setattr(packing, "host_capacity", spy)
+    monkeypatch.setattr(PackedRankerSteps, "graph", graph_spy)
     outputs = {}
-    for name, extra in (("padded", []), ("packed", ["model.reranker_packing=0.05"])):
+    for name, extra in (("padded", []), ("packed", ["model.reranker_packing_bucket=0.05"])):
         overrides = sum((["--set", s] for s in SMALL + extra), [])
         assert train_cli.main(["--config", CONFIG, "--workdir", str(tmp_path / name),
                                *overrides]) == 0
         outputs[name] = json.loads(capsys.readouterr().out)
     assert len(chosen) == 3 and all(0 < capacity < 1 for capacity in chosen), chosen
+    # Each chosen capacity ran a step compiled with it, packed with no fallback.
+    assert sorted(compiled) == sorted({(capacity, True) for capacity in chosen}), compiled
     np.testing.assert_allclose(_losses(tmp_path / "packed"), _losses(tmp_path / "padded"),
                                rtol=1e-5)
     assert outputs["packed"]["recall@5"] == pytest.approx(outputs["padded"]["recall@5"])
     assert train_cli.main(["--config", CONFIG, "--workdir", str(tmp_path / "bad"),
-                           "--set", "model.reranker_packing=1.5"]) == 2
-    assert "model.reranker_packing=1.5 must be in [0, 1)" in capsys.readouterr().err
+                           "--set", "model.reranker_packing_bucket=1.5"]) == 2
+    assert "model.reranker_packing_bucket=1.5 must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_settings_that_cannot_pack_are_refused_by_name(tmp_path, monkeypatch):
     from gumbel_jax.training import loop
     from gumbel_jax.training.config import TrainConfig
 
-    with pytest.raises(ValueError, match="model.reranker_packing=0.05 packs a RankT5 encoder; "
-                                         "model.reranker_kind='cross_encoder'"):
-        build_models(ModelConfig(reranker_packing=0.05, reranker_kind="cross_encoder",
+    with pytest.raises(ValueError, match="model.reranker_packing_bucket=0.05 packs a RankT5 "
+                                         "encoder; model.reranker_kind='cross_encoder'"):
+        build_models(ModelConfig(reranker_packing_bucket=0.05, reranker_kind="cross_encoder",
                                  score_token_id=3), vocab_size=64)
     reader, ranker = build_models(ModelConfig(score_token_id=3), vocab_size=64)
-    with pytest.raises(ValueError, match="reranker_packing=0.05 packs a RankT5 encoder; "
+    with pytest.raises(ValueError, match="reranker_packing_bucket=0.05 packs a RankT5 encoder; "
                                          "FiDReader has none"):
         loop.train(TrainConfig(), ranker=reader, reader=reader, dataset=[], workdir=tmp_path,
-                   reranker_packing=0.05)
+                   reranker_packing_bucket=0.05)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ValueError, match="reranker_packing=0.05 needs one process"):
+    with pytest.raises(ValueError, match="reranker_packing_bucket=0.05 needs one process"):
         loop.train(TrainConfig(), ranker=ranker, reader=reader, dataset=[], workdir=tmp_path,
-                   reranker_packing=0.05)
+                   reranker_packing_bucket=0.05)
     assert not any(tmp_path.iterdir())  # refused before anything was written
