@@ -76,6 +76,21 @@ def run(args) -> dict:
     step, (params, opt_state, reader_state, batch), (reader_cfg, ranker_cfg) = make_step(args)
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     state = {"params": params, "opt": opt_state, "step": 0}
+    options = {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention", "remat",
+                                             "num_samples", "no_fold", "dense_bias",
+                                             "token_capacity", "reader_fp8",
+                                             "reranker_packing_bucket")}
+    products = None
+    if args.count_kernels and args.reader_fp8:
+        # XLA forms FP8 GEMMs while it optimises, so they are counted in the compiled
+        # program, first (with JAX_COMPILATION_CACHE_DIR set, the timed step's own compile
+        # is then a cache hit), and written at once: a timing cut short keeps the count. A
+        # count of 0 means the products ran as dequantized bf16 dots: no FP8 speed.
+        products = fp8_products(step.lower(params, opt_state, reader_state, batch,
+                                           jax.random.key(0)).compile().as_text())
+        common.write_report(args.out, {"benchmark": "grerank_step", "options": options,
+                                       "fp8_products": products,
+                                       "incomplete": "written before the timing"}, echo=False)
 
     def one_step():
         key = jax.random.fold_in(jax.random.key(0), state["step"])
@@ -88,10 +103,7 @@ def run(args) -> dict:
     loss = float(one_step())
     report = {
         "benchmark": "grerank_step", "size": args.size, "shape": vars(shape),
-        "options": {k: getattr(args, k) for k in ("objective", "dtype", "dma", "attention",
-                                                  "remat", "num_samples", "no_fold",
-                                                  "dense_bias", "token_capacity",
-                                                  "reader_fp8", "reranker_packing_bucket")},
+        "options": options,
         "device": common.device_description(), **timing,
         "questions_per_s": args.batch / timing["step_s_median"],
         **common.throughput(common.real_work(jax.device_get(batch)),
@@ -125,12 +137,8 @@ def run(args) -> dict:
         report["cudnn_attention_calls"] = {
             "forward": sum("Backward" not in t for t in targets),
             "backward": sum("Backward" in t for t in targets)}
-        if args.reader_fp8:
-            # XLA forms FP8 GEMMs while it optimises, so count them in the compiled program
-            # (compiling again: with JAX_COMPILATION_CACHE_DIR set, a cache hit). A count of 0
-            # means the products ran as dequantized bf16 dots: no FP8 speed to expect.
-            report["fp8_products"] = fp8_products(step.lower(
-                state["params"], state["opt"], reader_state, batch, key).compile().as_text())
+        if products is not None:
+            report["fp8_products"] = products
     if args.measure_peak and "achieved_tflops" in report:
         peak = common.measured_matmul_peak_tflops()
         report["measured_bf16_peak_tflops"] = peak

@@ -125,9 +125,9 @@ def test_train_cli_with_mesh_8_1_1_equals_one_device(tmp_path, capsys, monkeypat
 @needs_8_devices
 def test_fp8_reader_trains_on_a_mesh_with_its_kernels_split_as_before(tmp_path, capsys):
     """model.reader_fp8 on data=2 x fsdp=2 x tensor=2: the e4m3 kernels shard by their
-    original logical axes, the activation scales (maxima) are the same on any mesh, and the
-    losses equal one device's (sums round differently; a rounding that crosses an e4m3 step
-    may move a loss more than plain float32 would: 1e-3)."""
+    original logical axes (transposed with them), the activation scales (maxima) are the
+    same on any mesh, and the losses equal one device's (sums round differently; a rounding
+    that crosses an e4m3 step may move a loss more than plain float32 would: 1e-3)."""
     from flax import nnx
 
     from experiments import train as train_cli
@@ -142,7 +142,8 @@ def test_fp8_reader_trains_on_a_mesh_with_its_kernels_split_as_before(tmp_path, 
     shardings = parameter_shardings(nnx.state(reader.t5.encoder), mesh)
     query = shardings["layers"][0]["self_attention"]["q"]
     assert isinstance(reader.t5.encoder.layers[0].self_attention.q, Fp8Linear)
-    assert query["kernel"].spec == PartitionSpec("fsdp", "tensor")  # (embed, heads)
+    # Stored [out, in], its logical axes reversed with it: (heads, embed).
+    assert query["kernel"].spec == PartitionSpec("tensor", "fsdp")
     assert query["kernel_scale"].spec == PartitionSpec()
 
     config = "experiments/configs/synthetic_g_rerank.py"

@@ -43,8 +43,10 @@ def tensor_scale(x):
     all-zero ``x`` (no division by zero). A power of two is exact in bf16 too, so the
     dequantizing multiply (in the compute dtype) undoes the division exactly."""
     amax = jnp.max(jnp.abs(upcast(x)))
-    exponent = jnp.ceil(jnp.log2(jnp.where(amax > 0, amax, E4M3_MAX) / E4M3_MAX))
-    return jnp.exp2(exponent).astype(jnp.float32)
+    # Clipped: an amax / 448 that flushes to zero (log2: -inf) must not give a scale of 0
+    # (0 / 0 = NaN); 2**-100 .. 2**100 is far wider than any activation or weight.
+    exponent = jnp.clip(jnp.ceil(jnp.log2(amax / E4M3_MAX)), -100, 100)
+    return jnp.where(amax > 0, jnp.exp2(exponent), 1.0).astype(jnp.float32)
 
 
 def quantize(x, scale):

@@ -63,6 +63,10 @@ def test_zeros_and_out_of_range_values_stay_finite():
     assert float(tensor_scale(zeros)) == 1.0
     np.testing.assert_array_equal(dequantize(quantize(zeros, tensor_scale(zeros)), 1.0,
                                              jnp.float32), 0.0)
+    # A tensor so small that max / 448 would flush to zero still gets a usable scale.
+    tiny = jnp.array([1e-37, 0.0, -1e-37])
+    back = dequantize(quantize(tiny, tensor_scale(tiny)), tensor_scale(tiny), jnp.float32)
+    assert float(tensor_scale(tiny)) > 0 and np.isfinite(np.asarray(back)).all()
     # A scale too small for the values (another tensor's): clipped to +-448, never NaN
     # (e4m3fn has no infinity).
     q = quantize(jnp.array([1e6, -1e6, 1.0]), jnp.float32(1.0))
