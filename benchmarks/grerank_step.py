@@ -52,13 +52,13 @@ def make_step(args, *, abstract: bool = False):
     shape = common.Shape(args.batch, args.docs, args.doc_len, args.answer_len, args.k)
     batch = common.synthetic_batch(np.random.default_rng(0), shape, common.TINY_VOCAB
                                    if config.reader == "tiny" else 32128)
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-5), num_steps=1000)
+    ranker_graph, ranker_params = nnx.split(ranker)
     if getattr(args, "reranker_packing_bucket", 0.0):
         # What the trainer does per batch (training.packing): the step compiled for this
         # batch's capacity bucket.
-        ranker.token_capacity = packing.host_capacity(batch, args.reranker_packing_bucket)
-        ranker.capacity_checked = ranker.token_capacity > 0
-    tx = make_optimizer(OptimizerConfig(learning_rate=1e-5), num_steps=1000)
-    ranker_graph, ranker_params = nnx.split(ranker)
+        capacity = packing.host_capacity(batch, args.reranker_packing_bucket)
+        ranker_graph = packing.packed_graph(ranker, capacity)
     reader_graph, reader_state = nnx.split(reader)
     opt_state = (jax.eval_shape if abstract else lambda f, x: f(x))(tx.init, ranker_params)
     objective = ObjectiveConfig(name=args.objective, k=args.k, tau=0.5, kappa=1.0,

@@ -85,6 +85,31 @@ def test_start_parallel_builds_the_mesh_of_the_flag(monkeypatch):
                          "process_id": None}
 
 
+CONFIG = "experiments/configs/synthetic_g_rerank.py"
+# Two steps of tiny models, eight questions a batch: every mesh below divides it.
+SMALL = ["data.num_train=16", "data.num_eval=8", "data.batch_size=8", "train.num_steps=2",
+         "train.checkpoint_every=2", "model.d_model=16", "model.num_layers=1"]
+
+
+def _cli_runs(tmp_path, capsys, settings, meshes):
+    """The train CLI on CONFIG with SMALL + ``settings``, once per ``meshes`` entry
+    (``{name: --mesh value or None}``) in ``tmp_path / name``: ``(losses, printed)``, each a
+    dict by name, the training losses from metrics.jsonl and the held-out metrics printed."""
+    from experiments import train as train_cli
+
+    overrides = sum((["--set", s] for s in SMALL + settings), [])
+    losses, printed = {}, {}
+    for name, mesh in meshes.items():
+        flags = ["--mesh", mesh] if mesh else []
+        assert train_cli.main(["--config", CONFIG, "--workdir", str(tmp_path / name),
+                               *overrides, *flags]) == 0, capsys.readouterr().err
+        printed[name] = json.loads(capsys.readouterr().out)
+        losses[name] = [json.loads(line)["loss"] for line in
+                        (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                        if "loss" in json.loads(line)]
+    return losses, printed
+
+
 @pytest.mark.slow
 @needs_8_devices
 def test_train_cli_with_mesh_8_1_1_equals_one_device(tmp_path, capsys, monkeypatch):
@@ -100,23 +125,13 @@ def test_train_cli_with_mesh_8_1_1_equals_one_device(tmp_path, capsys, monkeypat
         return shard_batch(batch, mesh)
 
     monkeypatch.setattr(sharding, "shard_batch", spy)
-    config = "experiments/configs/synthetic_g_rerank.py"
-    small = ["data.num_train=16", "data.num_eval=8", "data.batch_size=8", "train.num_steps=2",
-             "train.checkpoint_every=2", "model.d_model=16", "model.num_layers=1"]
-    overrides = sum((["--set", s] for s in small), [])
-    outputs = {}
-    for name, mesh in (("single", []), ("mesh", ["--mesh", "8,1,1"])):
-        assert train_cli.main(["--config", config, "--workdir", str(tmp_path / name),
-                               *overrides, *mesh]) == 0
-        outputs[name] = json.loads(capsys.readouterr().out)
-    losses = {name: [json.loads(line)["loss"] for line in
-                     (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-                     if "loss" in json.loads(line)] for name in outputs}
+    losses, outputs = _cli_runs(tmp_path, capsys, [], {"single": None, "mesh": "8,1,1"})
     assert len(losses["mesh"]) == 2
     assert placed and all(shape == {"data": 8, "fsdp": 1, "tensor": 1} for shape in placed)
     np.testing.assert_allclose(losses["mesh"], losses["single"], rtol=1e-5)
     assert outputs["mesh"]["recall@5"] == pytest.approx(outputs["single"]["recall@5"])
-    assert train_cli.main(["--config", config, "--workdir", str(tmp_path / "bad"),
+    overrides = sum((["--set", s] for s in SMALL), [])
+    assert train_cli.main(["--config", CONFIG, "--workdir", str(tmp_path / "bad"),
                            *overrides, "--mesh", "8,1"]) == 2
     assert "expected three integers" in capsys.readouterr().err
 
@@ -130,7 +145,6 @@ def test_fp8_reader_trains_on_a_mesh_with_its_kernels_split_as_before(tmp_path, 
     that crosses an e4m3 step may move a loss more than plain float32 would: 1e-3)."""
     from flax import nnx
 
-    from experiments import train as train_cli
     from gumbel_jax.models.fp8 import Fp8Linear
     from gumbel_jax.sharding import parameter_shardings
     from gumbel_jax.training.config import ModelConfig
@@ -146,19 +160,8 @@ def test_fp8_reader_trains_on_a_mesh_with_its_kernels_split_as_before(tmp_path, 
     assert query["kernel"].spec == PartitionSpec("tensor", "fsdp")
     assert query["kernel_scale"].spec == PartitionSpec()
 
-    config = "experiments/configs/synthetic_g_rerank.py"
-    small = ["data.num_train=16", "data.num_eval=8", "data.batch_size=8", "train.num_steps=2",
-             "train.checkpoint_every=2", "model.d_model=16", "model.num_layers=1",
-             "model.reader_fp8=True"]
-    overrides = sum((["--set", s] for s in small), [])
-    losses = {}
-    for name, flags in (("single", []), ("mesh", ["--mesh", "2,2,2"])):
-        assert train_cli.main(["--config", config, "--workdir", str(tmp_path / name),
-                               *overrides, *flags]) == 0, capsys.readouterr().err
-        capsys.readouterr()
-        losses[name] = [json.loads(line)["loss"] for line in
-                        (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-                        if "loss" in json.loads(line)]
+    losses, _ = _cli_runs(tmp_path, capsys, ["model.reader_fp8=True"],
+                          {"single": None, "mesh": "2,2,2"})
     assert len(losses["mesh"]) == 2
     np.testing.assert_allclose(losses["mesh"], losses["single"], rtol=1e-3)
 
@@ -220,20 +223,8 @@ def test_packing_on_a_mesh_packs_each_devices_block_of_questions_where_it_is():
 def test_packed_training_on_a_mesh_equals_one_device(tmp_path, capsys):
     """Both encoders packed (the reader at model.token_capacity, the reranker at the host's
     bucket) on data=4 x fsdp=2: the losses equal one device's (1e-5)."""
-    from experiments import train as train_cli
-
-    config = "experiments/configs/synthetic_g_rerank.py"
-    small = ["data.num_train=16", "data.num_eval=8", "data.batch_size=8", "train.num_steps=2",
-             "train.checkpoint_every=2", "model.d_model=16", "model.num_layers=1",
-             "model.token_capacity=0.9", "model.reranker_packing_bucket=0.05"]
-    overrides = sum((["--set", s] for s in small), [])
-    losses = {}
-    for name, flags in (("single", []), ("mesh", ["--mesh", "4,2,1"])):
-        assert train_cli.main(["--config", config, "--workdir", str(tmp_path / name),
-                               *overrides, *flags]) == 0, capsys.readouterr().err
-        capsys.readouterr()
-        losses[name] = [json.loads(line)["loss"] for line in
-                        (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-                        if "loss" in json.loads(line)]
+    losses, _ = _cli_runs(tmp_path, capsys,
+                          ["model.token_capacity=0.9", "model.reranker_packing_bucket=0.05"],
+                          {"single": None, "mesh": "4,2,1"})
     assert len(losses["mesh"]) == 2
     np.testing.assert_allclose(losses["mesh"], losses["single"], rtol=1e-5)

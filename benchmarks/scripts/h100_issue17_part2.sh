@@ -11,12 +11,8 @@
 #   PART=2: the step at batch 32 with the reader's encoder packed (a profile), the peer
 #           compiled per block with dynamo's recompile limit raised (batch 16 and 32),
 #           reranking throughput against transformers, generation at 100 passages.
-#   PART=3: what is still unmeasured, for the next device call: our step at batch 32 with
-#           and without packing in one call, the peer compiled per block now that it decodes
-#           without a cache and its head is untied (batch 16 and 32), generation at 100
-#           passages, the baselines and batch 48 (most important first; the limits add up
-#           to 940 s, so a 600-s call may cut the tail).
-#   PART=4: the third round, one device call of at most 600 s (every run stops by
+#   PART=4: the third round (it replaces PART=3, which never ran: the same runs and the
+#           new levers), one device call of at most 600 s (every run stops by
 #           DEADLINE, 570 s; a run that would get under 30 s is skipped): our step at
 #           batch 32 as the trainer runs it by default; with every lever (both encoders
 #           packed, the reranker's at its batch's bucket, and the reader's encoder in FP8:
@@ -68,8 +64,8 @@ if [ "$PART" = 1 ]; then
         --attention "$ATTENTION" --batch "$GB" --docs 10 --max_length 32 --num_beams 1 \
         --steps "$STEPS" --torch
 elif [ "$PART" = 4 ]; then
-    # Programs compiled twice (--count_kernels compiles the timed step again) come from the
-    # persistent compilation cache.
+    # --count_kernels compiles an FP8 step before timing it: the timed step's own compile
+    # then comes from the persistent compilation cache.
     export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
     step step_b32 100 --batch "$B32"
@@ -91,20 +87,6 @@ elif [ "$PART" = 4 ]; then
             --token_capacity 0.8 --reranker_packing_bucket 0.05
     done
     step scale_g_rerank_b48 110 --batch "$B48" --token_capacity 0.8 --reranker_packing_bucket 0.05
-elif [ "$PART" = 3 ]; then
-    step step_b32 100 --batch "$B32"
-    step step_b32_packed 120 --batch "$B32" --token_capacity 0.8
-    limited torch_compile_blocks 240 torch_reference --size "$SIZE" --batch "$B16" --check \
-        --steps "$STEPS" --modes eager compile_blocks --extra_batches "$B32" \
-        --extra_modes compile_blocks
-    limited generation_d100 100 generation --size "$SIZE" --dtype bfloat16 \
-        --attention "$ATTENTION" --batch "$GB" --docs 100 --max_length 32 --num_beams 1 \
-        --steps "$STEPS" --torch
-    for objective in emdr adist loop; do
-        step "scale_${objective}_b32" 90 --batch "$B32" --objective "$objective" \
-            --token_capacity 0.8
-    done
-    step scale_g_rerank_b48 110 --batch "$B48" --token_capacity 0.8
 else
     step step_b32_packed 130 --batch "$B32" --token_capacity 0.8 --profile "$R/trace"
     rm -rf "$R/trace"

@@ -66,6 +66,13 @@ def graph_with(module, **attributes):
             setattr(module, name, value)
 
 
+def packed_graph(ranker, capacity: float, groups: int = 1):
+    """The reranker's graph packing its encoder at ``capacity`` with no fallback
+    (``RankT5.capacity_checked``; 0.0: padded), each of ``groups`` blocks on its own."""
+    return graph_with(ranker, token_capacity=capacity, capacity_checked=capacity > 0,
+                      packing_groups=groups)
+
+
 class PackedRankerSteps:
     """The reranker's train step per capacity, compiled on first use.
 
@@ -79,9 +86,8 @@ class PackedRankerSteps:
         self.ranker, self.make_step, self.groups, self.steps = ranker, make_step, groups, {}
 
     def graph(self, capacity: float):
-        """The reranker's graph with ``capacity`` (0.0: padded) as a checked capacity."""
-        return graph_with(self.ranker, token_capacity=capacity, capacity_checked=capacity > 0,
-                          packing_groups=self.groups)
+        """:func:`packed_graph` of the reranker at ``capacity``."""
+        return packed_graph(self.ranker, capacity, self.groups)
 
     def __call__(self, capacity: float):
         if capacity not in self.steps:
